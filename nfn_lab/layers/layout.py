@@ -1,0 +1,119 @@
+"""How an NF-layer sees one weight or bias array: permuted neuron axes, then features.
+
+An array of features ``(B, C, *neuron_axes, *filter)`` is *folded* to
+``(B, *kept_axes, D)``: the neuron axes that the layer's group permutes stay as axes
+(rows before columns), and everything the group leaves alone (the channels, the filter
+positions, and the indices of neuron layers that are held fixed, e.g. the input and
+output neurons under HNP) becomes one feature axis ``D`` in the order
+``(*fixed_axes, C, *filter)``. Folding is a permute plus reshape; when the features
+were produced by another NF-layer the memory is already in that order and the reshape
+is free. :meth:`ArrayLayout.unfold` is the inverse and returns a (non-copying) view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from nfn_lab.weightspace import NetworkSpec
+
+__all__ = ["ArrayLayout", "network_layouts", "filter_fold", "filter_unfold"]
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """The folding of one array.
+
+    Attributes:
+        neuron_layers: neuron-layer index of each neuron axis (weight of layer ``i``, 0-based:
+            ``(i + 1, i)``; its bias: ``(i + 1,)``).
+        kept: per neuron axis, whether it stays an axis (permuted) or is folded (fixed).
+        fixed_sizes: sizes of the folded neuron axes, in axis order.
+        filter_shape: the filter shape (``()`` for dense layers and biases).
+    """
+
+    neuron_layers: tuple[int, ...]
+    kept: tuple[bool, ...]
+    fixed_sizes: tuple[int, ...]
+    filter_shape: tuple[int, ...]
+
+    @property
+    def kept_layers(self) -> tuple[int, ...]:
+        """Neuron-layer index of each kept axis, in axis order."""
+        return tuple(l for l, k in zip(self.neuron_layers, self.kept) if k)
+
+    def feature_dim(self, channels: int) -> int:
+        """``D`` for ``channels`` channels."""
+        return math.prod(self.fixed_sizes) * channels * math.prod(self.filter_shape)
+
+    def _order(self) -> list[int]:
+        n = len(self.neuron_layers)
+        neuron_axes = list(range(2, 2 + n))
+        kept = [a for a, k in zip(neuron_axes, self.kept) if k]
+        fixed = [a for a, k in zip(neuron_axes, self.kept) if not k]
+        return [0, *kept, *fixed, 1, *range(2 + n, 2 + n + len(self.filter_shape))]
+
+    def fold(self, x: Tensor) -> Tensor:
+        """``(B, C, *neuron_axes, *filter)`` -> ``(B, *kept_axes, D)``."""
+        order = self._order()
+        n_kept = sum(self.kept)
+        x = x.permute(order)
+        return x.reshape(*x.shape[: 1 + n_kept], -1)
+
+    def unfold(self, y: Tensor, channels: int) -> Tensor:
+        """``(B, *kept_axes, D)`` -> ``(B, channels, *neuron_axes, *filter)`` (a view)."""
+        order = self._order()
+        n_kept = sum(self.kept)
+        y = y.view(*y.shape[: 1 + n_kept], *self.fixed_sizes, channels, *self.filter_shape)
+        inverse = [0] * len(order)
+        for pos, axis in enumerate(order):
+            inverse[axis] = pos
+        return y.permute(inverse)
+
+
+def network_layouts(
+    network_spec: NetworkSpec, fixed_layers: Collection[int] = ()
+) -> tuple[tuple[ArrayLayout, ...], tuple[ArrayLayout, ...]]:
+    """Layouts of every weight and bias of a network, given the neuron layers held fixed.
+
+    Returns:
+        ``(weight_layouts, bias_layouts)``, one per layer.
+
+    Raises:
+        ValueError: if a fixed neuron layer's size is left free (-1) in the spec.
+    """
+    sizes = network_spec.layer_sizes
+    for l in fixed_layers:
+        if sizes[l] == -1:
+            raise ValueError(
+                f"neuron layer {l} is held fixed (not permuted), so its size must be known, but the "
+                "network_spec leaves it free (-1); build the spec with network_spec_from_wsfeat."
+            )
+
+    def layout(neuron_layers: Sequence[int], filter_shape: tuple[int, ...]) -> ArrayLayout:
+        kept = tuple(l not in fixed_layers for l in neuron_layers)
+        fixed_sizes = tuple(sizes[l] for l, k in zip(neuron_layers, kept) if not k)
+        return ArrayLayout(tuple(neuron_layers), kept, fixed_sizes, filter_shape)
+
+    weights = tuple(layout((i + 1, i), f) for i, f in enumerate(network_spec.filter_shapes))
+    biases = tuple(layout((i + 1,), ()) for i in range(len(network_spec)))
+    return weights, biases
+
+
+def filter_fold(w: Tensor) -> Tensor:
+    """``(B, C, n_out, n_in, *filter)`` -> ``(B, C * prod(filter), n_out, n_in)`` (channel-major)."""
+    if w.dim() == 4:
+        return w
+    w = w.movedim((2, 3), (-2, -1))  # (B, C, *filter, n_out, n_in)
+    return w.reshape(w.shape[0], -1, w.shape[-2], w.shape[-1])
+
+
+def filter_unfold(w: Tensor, filter_shape: Sequence[int]) -> Tensor:
+    """Inverse of :func:`filter_fold`."""
+    if not filter_shape:
+        return w
+    w = w.reshape(w.shape[0], -1, *filter_shape, w.shape[-2], w.shape[-1])
+    return w.movedim((-2, -1), (2, 3))

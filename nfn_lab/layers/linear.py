@@ -1,0 +1,328 @@
+"""Equivariant linear NF-layers: NPLinear, HNPLinear, Pointwise, ChannelLinear.
+
+NPLinear and HNPLinear are one construction, the most general linear map that commutes
+with a group of neuron permutations (weight-space.md, section 3). Every permuted neuron
+layer has its own symmetric group, and an array carries each neuron layer at most once,
+so the orbits of (output entry, input entry) pairs are indexed by the set ``T`` of
+permuted neuron layers on which the two entries are *tied* (same index). Each ``T`` gives
+one term: every input array containing ``T`` is averaged over its other permuted axes,
+the results are concatenated into a feature indexed by ``T``, mapped by one matrix, and
+broadcast over the output's other permuted axes. ``T`` ranges over
+
+- ``()``: the global term (every array averaged over all its permuted axes);
+- ``(l,)`` for each permuted neuron layer ``l``: rows of ``W(l)``, ``b(l)``, columns of ``W(l+1)``;
+- ``(l, l-1)`` when both sides of a weight are permuted: that weight, pointwise.
+
+Neuron layers that the group does not permute (the input and output neurons under HNP)
+are folded into the features (see :mod:`nfn_lab.layers.layout`), which yields every
+extra HNP term. NP permutes every neuron layer; HNP all but the first and last.
+The result has exactly one parameter block per orbit, which the rank test in
+``tests/layers/test_linear.py`` verifies against an independent orbit count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from nfn_lab.layers.layout import ArrayLayout, network_layouts
+from nfn_lab.symmetry import permuted_layers
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
+
+__all__ = ["NPLinear", "HNPLinear", "Pointwise", "ChannelLinear", "InitType"]
+
+InitType = Literal["pytorch_default", "kaiming_normal"]
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One input array's contribution to a term ``T``: array ``index`` and which reduction."""
+
+    index: int  # index into the flat array list (weights first, then biases)
+    reduce: str  # "self" | "rows" (mean over columns, keep rows) | "cols" (mean over rows, keep cols)
+
+
+class _PermutationEquivariantLinear(nn.Module):
+    """The general equivariant linear map for a set of permuted neuron layers.
+
+    Args:
+        network_spec: the weight space.
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        fixed_layers: neuron layers that are not permuted.
+        init_type: ``"pytorch_default"`` (uniform with bound ``1/sqrt(fan_in)``, the sum of the
+            widths of all terms feeding an output) or ``"kaiming_normal"``.
+    """
+
+    def __init__(
+        self,
+        network_spec: NetworkSpec,
+        in_channels: int,
+        out_channels: int,
+        fixed_layers: Collection[int],
+        init_type: InitType = "pytorch_default",
+    ) -> None:
+        super().__init__()
+        if init_type not in ("pytorch_default", "kaiming_normal"):
+            raise ValueError(f"unknown init_type {init_type!r}; use 'pytorch_default' or 'kaiming_normal'.")
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}.")
+        self.network_spec = network_spec
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.init_type = init_type
+        w_layouts, b_layouts = network_layouts(network_spec, fixed_layers)
+        self._layouts: tuple[ArrayLayout, ...] = w_layouts + b_layouts
+        num_layers = len(network_spec)
+        permuted = [l for l in range(num_layers + 1) if l not in fixed_layers]
+
+        d_in = [a.feature_dim(in_channels) for a in self._layouts]
+        d_out = [a.feature_dim(out_channels) for a in self._layouts]
+
+        # Terms: name -> (members feeding it, output arrays it feeds).
+        terms: dict[str, tuple[list[_Member], list[int]]] = {}
+        terms["global"] = ([_Member(a, "all") for a in range(len(self._layouts))], list(range(len(self._layouts))))
+        for l in permuted:
+            members, outputs = [], []
+            for a, layout in enumerate(self._layouts):
+                kept = layout.kept_layers
+                if l not in kept:
+                    continue
+                outputs.append(a)
+                if len(kept) == 1:
+                    members.append(_Member(a, "self"))
+                else:
+                    members.append(_Member(a, "rows" if kept[0] == l else "cols"))
+            terms[f"neuron{l}"] = (members, outputs)
+        for i in range(num_layers):
+            if len(self._layouts[i].kept_layers) == 2:
+                terms[f"pair{i}"] = ([_Member(i, "self")], [i])
+        self._terms = terms
+
+        self.weight = nn.ParameterDict(
+            {
+                name: nn.Parameter(torch.empty(sum(d_in[m.index] for m in members), sum(d_out[a] for a in outputs)))
+                for name, (members, outputs) in terms.items()
+            }
+        )
+        self.bias = nn.Parameter(torch.empty(sum(d_out)))
+        self._d_in, self._d_out = d_in, d_out
+        self.reset_parameters()
+
+    def _fan_in(self, array: int) -> int:
+        return sum(
+            sum(self._d_in[m.index] for m in members) for members, outputs in self._terms.values() if array in outputs
+        )
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        fan_ins = [self._fan_in(a) for a in range(len(self._layouts))]
+        for name, (_, outputs) in self._terms.items():
+            blocks = self.weight[name].split([self._d_out[a] for a in outputs], dim=1)
+            for a, block in zip(outputs, blocks):
+                self._init_block(block, fan_ins[a])
+        for a, block in enumerate(self.bias.split(self._d_out)):
+            if self.init_type == "pytorch_default":
+                bound = 1 / math.sqrt(fan_ins[a])
+                block.uniform_(-bound, bound)
+            else:
+                block.zero_()
+
+    def _init_block(self, block: Tensor, fan_in: int) -> None:
+        if self.init_type == "pytorch_default":
+            bound = 1 / math.sqrt(fan_in)
+            block.uniform_(-bound, bound)
+        else:
+            block.normal_(0, math.sqrt(2 / fan_in))
+
+    def _preprocess(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return wsfeat
+
+    def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        """``(B, C_in, ...)`` features -> ``(B, C_out, ...)`` features of the same network."""
+        self.network_spec.check_features(wsfeat, self.in_channels, where=type(self).__name__)
+        wsfeat = self._preprocess(wsfeat)
+        arrays = [*wsfeat.weights, *wsfeat.biases]
+        folded = [layout.fold(x) for layout, x in zip(self._layouts, arrays)]  # (B, *kept, D)
+
+        # Reductions, computed once and shared by the terms that need them.
+        reduced: dict[tuple[int, str], Tensor] = {}
+        for a, x in enumerate(folded):
+            reduced[a, "self"] = x
+            n_kept = x.dim() - 2
+            if n_kept == 2:
+                reduced[a, "rows"] = x.mean(dim=2)  # (B, n_rows, D)
+                reduced[a, "cols"] = x.mean(dim=1)  # (B, n_cols, D)
+                reduced[a, "all"] = reduced[a, "rows"].mean(dim=1)  # (B, D)
+            elif n_kept == 1:
+                reduced[a, "all"] = x.mean(dim=1)
+            else:
+                reduced[a, "all"] = x
+
+        # One matmul per term; split its output among the arrays it feeds.
+        contributions: list[list[Tensor]] = [[] for _ in folded]
+        for name, (members, outputs) in self._terms.items():
+            inp = torch.cat([reduced[m.index, m.reduce] for m in members], dim=-1)
+            if name == "global":
+                out = torch.addmm(self.bias, inp, self.weight[name])  # (B, sum D_out)
+            else:
+                out = torch.matmul(inp, self.weight[name])
+            parts = out.split([self._d_out[a] for a in outputs], dim=-1) if len(outputs) > 1 else (out,)
+            for a, part in zip(outputs, parts):
+                contributions[a].append(part)
+
+        out_arrays = []
+        for a, (layout, parts) in enumerate(zip(self._layouts, contributions)):
+            out_arrays.append(layout.unfold(self._assemble(layout, parts), self.out_channels))
+        num_layers = len(wsfeat)
+        return WeightSpaceFeatures(out_arrays[:num_layers], out_arrays[num_layers:])
+
+    @staticmethod
+    def _assemble(layout: ArrayLayout, parts: list[Tensor]) -> Tensor:
+        """Sums one output array's terms, broadcasting each over the axes it does not carry.
+
+        ``parts`` come in term order: global ``(B, D)``, then one ``(B, n, D)`` per kept axis
+        (in neuron-layer order), then the pointwise ``(B, n_rows, n_cols, D)`` if any.
+        """
+        glob, rest = parts[0], parts[1:]
+        kept = layout.kept_layers
+        if not kept:
+            return glob
+        if len(kept) == 1:
+            return rest[0] + glob.unsqueeze(1)
+        rows_layer, cols_layer = kept
+        by_layer = dict(zip(sorted(kept), rest[:2]))
+        rows_term, cols_term, pointwise = by_layer[rows_layer], by_layer[cols_layer], rest[2]
+        # pointwise is a fresh matmul output, not needed by autograd: accumulate in place.
+        pointwise = pointwise.add_((rows_term + glob.unsqueeze(1)).unsqueeze(2))
+        return pointwise.add_(cols_term.unsqueeze(1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"num_layers={len(self.network_spec)}, terms={len(self._terms)}"
+        )
+
+
+class NPLinear(_PermutationEquivariantLinear):
+    """Linear layer equivariant to the NP group (every neuron layer permuted independently).
+
+    Args:
+        network_spec: the weight space (hidden sizes may be free).
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        io_embed: add learned embeddings of the input and output neuron positions to the
+            input, which breaks the input/output symmetry (the layer is then HNP-equivariant).
+        init_type: ``"pytorch_default"`` or ``"kaiming_normal"``.
+
+    Shapes: ``weights[i]: (B, C_in, n(i), n(i-1), *filter) -> (B, C_out, n(i), n(i-1), *filter)``,
+    ``biases[i]: (B, C_in, n(i)) -> (B, C_out, n(i))``.
+    """
+
+    def __init__(
+        self,
+        network_spec: NetworkSpec,
+        in_channels: int,
+        out_channels: int,
+        io_embed: bool = False,
+        init_type: InitType = "pytorch_default",
+    ) -> None:
+        super().__init__(network_spec, in_channels, out_channels, fixed_layers=(), init_type=init_type)
+        self.io_embed = io_embed
+        if io_embed:
+            n_in, n_out = network_spec.get_io()
+            if -1 in (n_in, n_out):
+                raise ValueError("io_embed needs the network's input and output sizes in network_spec.")
+            first, last = network_spec.filter_shapes[0], network_spec.filter_shapes[-1]
+            self.in_embed = nn.Parameter(torch.randn(1, in_channels, 1, n_in, *first))
+            self.out_embed = nn.Parameter(torch.randn(1, in_channels, n_out, 1, *last))
+            self.out_bias_embed = nn.Parameter(torch.randn(1, in_channels, n_out))
+
+    def _preprocess(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        if not self.io_embed:
+            return wsfeat
+        weights, biases = list(wsfeat.weights), list(wsfeat.biases)
+        weights[0] = weights[0] + self.in_embed
+        weights[-1] = weights[-1] + self.out_embed
+        biases[-1] = biases[-1] + self.out_bias_embed
+        return WeightSpaceFeatures(weights, biases)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", io_embed={self.io_embed}"
+
+
+class HNPLinear(_PermutationEquivariantLinear):
+    """Linear layer equivariant to the HNP group (hidden neurons permuted; inputs/outputs fixed).
+
+    Works for networks of any depth, including one layer (then nothing is permuted and
+    the layer is a dense linear map). Needs the input and output sizes in the spec.
+
+    Args:
+        network_spec: the weight space.
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        init_type: ``"pytorch_default"`` or ``"kaiming_normal"``.
+    """
+
+    def __init__(
+        self,
+        network_spec: NetworkSpec,
+        in_channels: int,
+        out_channels: int,
+        init_type: InitType = "pytorch_default",
+    ) -> None:
+        num_layers = len(network_spec)
+        fixed = set(range(num_layers + 1)) - set(permuted_layers(num_layers, "hnp"))
+        super().__init__(network_spec, in_channels, out_channels, fixed_layers=fixed, init_type=init_type)
+
+
+class Pointwise(nn.Module):
+    """Per-entry channel mixing, a separate map per layer (filter positions act as channels).
+
+    Equivariant to any neuron permutation. ``weights[i]: (B, C_in, ...) -> (B, C_out, ...)``.
+    """
+
+    def __init__(self, network_spec: NetworkSpec, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.network_spec = network_spec
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        w_layouts, b_layouts = network_layouts(network_spec)
+        self._layouts = w_layouts + b_layouts
+        self.maps = nn.ModuleList(
+            nn.Linear(a.feature_dim(in_channels), a.feature_dim(out_channels)) for a in self._layouts
+        )
+
+    def reset_parameters(self) -> None:
+        for m in self.maps:
+            m.reset_parameters()
+
+    def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        self.network_spec.check_features(wsfeat, self.in_channels, where="Pointwise")
+        out = [
+            layout.unfold(linear(layout.fold(x)), self.out_channels)
+            for layout, linear, x in zip(self._layouts, self.maps, [*wsfeat.weights, *wsfeat.biases])
+        ]
+        return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
+
+class ChannelLinear(nn.Module):
+    """A linear map over the channel axis (axis 1) of a tensor ``(B, C_in, ...) -> (B, C_out, ...)``.
+
+    Apply it to features with ``TupleOp(ChannelLinear(...))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
