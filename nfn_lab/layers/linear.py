@@ -24,27 +24,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from nfn_lab.layers.layout import ArrayLayout, network_layouts
+from nfn_lab.layers.equivariant_map import EquivariantMapFunction, build_plan
+from nfn_lab.layers.layout import network_layouts
 from nfn_lab.symmetry import permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["NPLinear", "HNPLinear", "Pointwise", "ChannelLinear", "InitType"]
 
 InitType = Literal["pytorch_default", "kaiming_normal"]
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One input array's contribution to a term ``T``: array ``index`` and which reduction."""
-
-    index: int  # index into the flat array list (weights first, then biases)
-    reduce: str  # "self" | "rows" (mean over columns, keep rows) | "cols" (mean over rows, keep cols)
 
 
 class _PermutationEquivariantLinear(nn.Module):
@@ -77,63 +69,35 @@ class _PermutationEquivariantLinear(nn.Module):
         self.out_channels = out_channels
         self.init_type = init_type
         w_layouts, b_layouts = network_layouts(network_spec, fixed_layers)
-        self._layouts: tuple[ArrayLayout, ...] = w_layouts + b_layouts
-        num_layers = len(network_spec)
-        permuted = [l for l in range(num_layers + 1) if l not in fixed_layers]
-
-        d_in = [a.feature_dim(in_channels) for a in self._layouts]
-        d_out = [a.feature_dim(out_channels) for a in self._layouts]
-
-        # Terms: name -> (members feeding it, output arrays it feeds).
-        terms: dict[str, tuple[list[_Member], list[int]]] = {}
-        terms["global"] = ([_Member(a, "all") for a in range(len(self._layouts))], list(range(len(self._layouts))))
-        for l in permuted:
-            members, outputs = [], []
-            for a, layout in enumerate(self._layouts):
-                kept = layout.kept_layers
-                if l not in kept:
-                    continue
-                outputs.append(a)
-                if len(kept) == 1:
-                    members.append(_Member(a, "self"))
-                else:
-                    members.append(_Member(a, "rows" if kept[0] == l else "cols"))
-            terms[f"neuron{l}"] = (members, outputs)
-        for i in range(num_layers):
-            if len(self._layouts[i].kept_layers) == 2:
-                terms[f"pair{i}"] = ([_Member(i, "self")], [i])
-        self._terms = terms
-
+        self._layouts = w_layouts + b_layouts
+        permuted = [l for l in range(len(network_spec) + 1) if l not in fixed_layers]
+        self._plan = build_plan(self._layouts, permuted, in_channels, out_channels)
         self.weight = nn.ParameterDict(
-            {
-                name: nn.Parameter(torch.empty(sum(d_in[m.index] for m in members), sum(d_out[a] for a in outputs)))
-                for name, (members, outputs) in terms.items()
-            }
+            {t.name: nn.Parameter(torch.empty(self._plan.term_shape(t))) for t in self._plan.terms}
         )
-        self.bias = nn.Parameter(torch.empty(sum(d_out)))
-        self._d_in, self._d_out = d_in, d_out
+        self.pointwise_weight = nn.ParameterList(
+            nn.Parameter(torch.empty(self._plan.d_in[a], self._plan.d_out[a])) for a in self._plan.pairs
+        )
+        self.bias = nn.Parameter(torch.empty(sum(self._plan.d_out)))
         self.reset_parameters()
-
-    def _fan_in(self, array: int) -> int:
-        return sum(
-            sum(self._d_in[m.index] for m in members) for members, outputs in self._terms.values() if array in outputs
-        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        fan_ins = [self._fan_in(a) for a in range(len(self._layouts))]
-        for name, (_, outputs) in self._terms.items():
-            blocks = self.weight[name].split([self._d_out[a] for a in outputs], dim=1)
-            for a, block in zip(outputs, blocks):
-                self._init_block(block, fan_ins[a])
-        for a, block in enumerate(self.bias.split(self._d_out)):
+        plan = self._plan
+        fan_ins = [plan.fan_in(a) for a in range(len(self._layouts))]
+        for term in plan.terms:
+            blocks = self.weight[term.name].split([plan.d_out[a] for a in term.outputs], dim=1)
+            for a, block in zip(term.outputs, blocks):
+                self._init_weight(block, fan_ins[a])
+        for a, w in zip(plan.pairs, self.pointwise_weight):
+            self._init_weight(w, fan_ins[a])
+        for a, block in enumerate(self.bias.split(plan.d_out)):
             if self.init_type == "pytorch_default":
-                bound = 1 / math.sqrt(fan_ins[a])
-                block.uniform_(-bound, bound)
+                block.uniform_(-1 / math.sqrt(fan_ins[a]), 1 / math.sqrt(fan_ins[a]))
             else:
                 block.zero_()
 
-    def _init_block(self, block: Tensor, fan_in: int) -> None:
+    def _init_weight(self, block: Tensor, fan_in: int) -> None:
         if self.init_type == "pytorch_default":
             bound = 1 / math.sqrt(fan_in)
             block.uniform_(-bound, bound)
@@ -147,65 +111,22 @@ class _PermutationEquivariantLinear(nn.Module):
         """``(B, C_in, ...)`` features -> ``(B, C_out, ...)`` features of the same network."""
         self.network_spec.check_features(wsfeat, self.in_channels, where=type(self).__name__)
         wsfeat = self._preprocess(wsfeat)
-        arrays = [*wsfeat.weights, *wsfeat.biases]
-        folded = [layout.fold(x) for layout, x in zip(self._layouts, arrays)]  # (B, *kept, D)
-
-        # Reductions, computed once and shared by the terms that need them.
-        reduced: dict[tuple[int, str], Tensor] = {}
-        for a, x in enumerate(folded):
-            reduced[a, "self"] = x
-            n_kept = x.dim() - 2
-            if n_kept == 2:
-                reduced[a, "rows"] = x.mean(dim=2)  # (B, n_rows, D)
-                reduced[a, "cols"] = x.mean(dim=1)  # (B, n_cols, D)
-                reduced[a, "all"] = reduced[a, "rows"].mean(dim=1)  # (B, D)
-            elif n_kept == 1:
-                reduced[a, "all"] = x.mean(dim=1)
-            else:
-                reduced[a, "all"] = x
-
-        # One matmul per term; split its output among the arrays it feeds.
-        contributions: list[list[Tensor]] = [[] for _ in folded]
-        for name, (members, outputs) in self._terms.items():
-            inp = torch.cat([reduced[m.index, m.reduce] for m in members], dim=-1)
-            if name == "global":
-                out = torch.addmm(self.bias, inp, self.weight[name])  # (B, sum D_out)
-            else:
-                out = torch.matmul(inp, self.weight[name])
-            parts = out.split([self._d_out[a] for a in outputs], dim=-1) if len(outputs) > 1 else (out,)
-            for a, part in zip(outputs, parts):
-                contributions[a].append(part)
-
-        out_arrays = []
-        for a, (layout, parts) in enumerate(zip(self._layouts, contributions)):
-            out_arrays.append(layout.unfold(self._assemble(layout, parts), self.out_channels))
-        num_layers = len(wsfeat)
-        return WeightSpaceFeatures(out_arrays[:num_layers], out_arrays[num_layers:])
-
-    @staticmethod
-    def _assemble(layout: ArrayLayout, parts: list[Tensor]) -> Tensor:
-        """Sums one output array's terms, broadcasting each over the axes it does not carry.
-
-        ``parts`` come in term order: global ``(B, D)``, then one ``(B, n, D)`` per kept axis
-        (in neuron-layer order), then the pointwise ``(B, n_rows, n_cols, D)`` if any.
-        """
-        glob, rest = parts[0], parts[1:]
-        kept = layout.kept_layers
-        if not kept:
-            return glob
-        if len(kept) == 1:
-            return rest[0] + glob.unsqueeze(1)
-        rows_layer, cols_layer = kept
-        by_layer = dict(zip(sorted(kept), rest[:2]))
-        rows_term, cols_term, pointwise = by_layer[rows_layer], by_layer[cols_layer], rest[2]
-        # pointwise is a fresh matmul output, not needed by autograd: accumulate in place.
-        pointwise = pointwise.add_((rows_term + glob.unsqueeze(1)).unsqueeze(2))
-        return pointwise.add_(cols_term.unsqueeze(1))
+        folded = [layout.fold(x) for layout, x in zip(self._layouts, (*wsfeat.weights, *wsfeat.biases))]
+        ys = EquivariantMapFunction.apply(
+            self._plan,
+            len(folded),
+            *folded,
+            *(self.weight[t.name] for t in self._plan.terms),
+            *self.pointwise_weight,
+            self.bias,
+        )
+        out = [layout.unfold(y, self.out_channels) for layout, y in zip(self._layouts, ys)]
+        return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
-            f"num_layers={len(self.network_spec)}, terms={len(self._terms)}"
+            f"num_layers={len(self.network_spec)}, terms={len(self._plan.terms) + len(self._plan.pairs)}"
         )
 
 

@@ -1,0 +1,29 @@
+# Set-up and the two entry points of the README: `make demo` and `make test`.
+# Both create .venv on first use and install nfn-lab into it; the set-up is redone only
+# when pyproject.toml changes (the stamp file below is older than it).
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nfn-lab-installed
+# torch is pinned in the same pip command as the project, so pip never swaps it for
+# another build while resolving the other dependencies.
+TORCH := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_PY)
+	$(VENV_PY) -m pip install "$(TORCH)" -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV_PY) -m nfn_lab.demo
+
+test: setup
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(VENV_PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,54 @@
+"""NPPool and HNPPool: invariance, sensitivity, output sizes."""
+
+import pytest
+import torch
+
+from nfn_lab.layers import HNPPool, NPPool
+from nfn_lab.testing import SPACE_KINDS, assert_invariant, assert_sensitive, example_features, non_group_transforms
+from nfn_lab.weightspace import network_spec_from_wsfeat
+
+SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("cls,group", [(NPPool, "np"), (HNPPool, "hnp")])
+@pytest.mark.parametrize("kind,num_layers", SPACES)
+def test_invariant_with_declared_size(cls, group, kind, num_layers):
+    x = example_features(kind, num_layers, channels=3, dtype=torch.float64)
+    spec = network_spec_from_wsfeat(x)
+    pool = cls(spec)
+    out = pool(x)
+    assert out.shape == (2, 3, cls.get_num_outs(spec))
+    assert_invariant(pool, x, group=group)
+
+
+@pytest.mark.parametrize("kind,num_layers", SPACES)
+def test_hnp_pool_sees_inputs_and_outputs(kind, num_layers):
+    x = example_features(kind, num_layers, dtype=torch.float64)
+    pool = HNPPool(network_spec_from_wsfeat(x))
+    transforms = non_group_transforms(x, "hnp")
+    for name in ("input", "output"):
+        assert_sensitive(pool, x, transforms[name], equivariant=False)
+
+
+def test_np_pool_values_are_means():
+    x = example_features("conv2d", 2, dtype=torch.float64)
+    out = NPPool(network_spec_from_wsfeat(x))(x)
+    w0 = x.weights[0].mean(dim=(2, 3)).flatten(start_dim=2)
+    torch.testing.assert_close(out[..., : w0.shape[-1]], w0)
+    torch.testing.assert_close(out[..., -1], x.biases[1].mean(dim=-1))
+
+
+def test_hnp_pool_one_layer_keeps_everything():
+    x = example_features("mlp", 1, layer_sizes=(3, 2), dtype=torch.float64)
+    spec = network_spec_from_wsfeat(x)
+    assert HNPPool.get_num_outs(spec) == 3 * 2 + 2
+    torch.testing.assert_close(HNPPool(spec)(x), x.flatten())
+
+
+def test_get_num_outs_matches_reference_formula_for_small_cnn_zoo():
+    """conv 1->16->16->16 (3x3), dense 16->10, as in the Small CNN Zoo."""
+    from nfn_lab.weightspace import NetworkSpec
+
+    spec = NetworkSpec.from_shapes([(-1, 1, 3, 3), (-1, -1, 3, 3), (-1, -1, 3, 3), (10, -1)], [(-1,), (-1,), (-1,), (10,)])
+    assert NPPool.get_num_outs(spec) == 3 * (9 + 1) + (1 + 1)
+    assert HNPPool.get_num_outs(spec) == (1 * 9 + 1) + 2 * (9 + 1) + (10 + 10)
