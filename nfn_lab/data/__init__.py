@@ -1,5 +1,6 @@
 """Model zoos: base Dataset/DataModule, transforms, weight statistics."""
 
+from nfn_lab.data.memory import TensorZooDataModule, TensorZooDataset
 from nfn_lab.data.stats import WeightStats, cached_weight_stats, compute_weight_stats
 from nfn_lab.data.transforms import Compose, Normalize, RandomHiddenPermutation, RandomPositiveScale, RandomSignFlip
 from nfn_lab.data.zoo import EvalDistributedSampler, Item, ZooDataModule, ZooDataset, check_finite
@@ -12,6 +13,8 @@ __all__ = [
     "RandomHiddenPermutation",
     "RandomPositiveScale",
     "RandomSignFlip",
+    "TensorZooDataModule",
+    "TensorZooDataset",
     "WeightStats",
     "ZooDataModule",
     "ZooDataset",

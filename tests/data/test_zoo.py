@@ -10,53 +10,23 @@ from nfn_lab.data import (
     RandomHiddenPermutation,
     RandomPositiveScale,
     RandomSignFlip,
-    ZooDataModule,
-    ZooDataset,
+    TensorZooDataModule,
+    TensorZooDataset,
     compute_weight_stats,
 )
-from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
+from nfn_lab.weightspace import WeightSpaceFeatures, collate
 
 
 def _mlp(act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     return nn.Sequential(nn.Linear(3, 6), act(), nn.Linear(6, 5), act(), nn.Linear(5, 2))
 
 
-class MemoryZoo(ZooDataset):
-    """A zoo held in memory: batched features (N, 1, ...) and targets (N,)."""
-
-    def __init__(self, feats: WeightSpaceFeatures, targets: torch.Tensor, transform=None):
-        super().__init__(transform)
-        self.feats, self.targets = feats, targets
-
-    @property
-    def network_spec(self) -> NetworkSpec:
-        return NetworkSpec.from_shapes([tuple(w.shape[2:]) for w in self.feats.weights])
-
-    def __len__(self) -> int:
-        return self.feats.batch_size
-
-    def read(self, index):
-        return (
-            [w[index, 0] for w in self.feats.weights],
-            [b[index, 0] for b in self.feats.biases],
-            {"y": self.targets[index]},
-        )
+def memory_zoo(feats, targets, transform=None):
+    return TensorZooDataset(feats, {"y": targets}, transform)
 
 
-class MemoryZooDataModule(ZooDataModule):
-    def __init__(self, root, feats, targets, **kwargs):
-        super().__init__(root, **kwargs)
-        self.feats, self.targets = feats, targets
-        n = feats.batch_size
-        self.bounds = {"train": (0, n // 2), "val": (n // 2, 3 * n // 4), "test": (3 * n // 4, n)}
-
-    def make_dataset(self, split, transform):
-        lo, hi = self.bounds[split]
-        sub = self.feats.map(lambda t: t[lo:hi])
-        return MemoryZoo(sub, self.targets[lo:hi], transform)
-
-    def read_network_spec(self):
-        return NetworkSpec.from_shapes([tuple(w.shape[2:]) for w in self.feats.weights])
+def memory_datamodule(root, feats, targets, **kwargs):
+    return TensorZooDataModule(feats, {"y": targets}, split_sizes=(10, 5, -1), root=root, **kwargs)
 
 
 @pytest.fixture
@@ -68,7 +38,7 @@ def zoo():
 
 def test_items_have_channel_axis_and_targets(zoo):
     models, feats, targets = zoo
-    ds = MemoryZoo(feats, targets)
+    ds = memory_zoo(feats, targets)
     item, tgt = ds[3]
     assert item.weights[0].shape == (1, 6, 3)
     torch.testing.assert_close(item.weights[1][0], models[3][2].weight.detach())
@@ -79,7 +49,7 @@ def test_items_have_channel_axis_and_targets(zoo):
 
 def test_collate_batches_items(zoo):
     _, feats, targets = zoo
-    ds = MemoryZoo(feats, targets)
+    ds = memory_zoo(feats, targets)
     batch, tgt = collate([ds[i] for i in range(4)])
     assert batch.weights[2].shape == (4, 1, 2, 5) and tgt["y"].shape == (4,)
 
@@ -92,7 +62,7 @@ def test_augmentations_preserve_function(act, transform):
     torch.manual_seed(1)
     models = [_mlp(act) for _ in range(3)]
     feats = module_to_wsfeat(models).detach()
-    ds = MemoryZoo(feats, torch.zeros(3), transform=transform)
+    ds = memory_zoo(feats, torch.zeros(3), transform=transform)
     inputs = torch.randn(10, 3)
     for i, model in enumerate(models):
         aug, _ = ds[i]
@@ -104,7 +74,7 @@ def test_augmentations_preserve_function(act, transform):
 def test_positive_scale_is_not_a_symmetry_of_tanh():
     torch.manual_seed(2)
     model = _mlp(nn.Tanh)
-    ds = MemoryZoo(module_to_wsfeat([model]).detach(), torch.zeros(1), transform=RandomPositiveScale(0.3, 3.0))
+    ds = memory_zoo(module_to_wsfeat([model]).detach(), torch.zeros(1), transform=RandomPositiveScale(0.3, 3.0))
     rebuilt = wsfeat_to_modules(collate([ds[0][0]]), _mlp(nn.Tanh))[0]
     inputs = torch.randn(10, 3)
     assert not torch.allclose(rebuilt(inputs), model(inputs), atol=1e-4)
@@ -112,7 +82,7 @@ def test_positive_scale_is_not_a_symmetry_of_tanh():
 
 def test_weight_stats_match_direct_computation(zoo):
     _, feats, targets = zoo
-    stats = compute_weight_stats([collate([MemoryZoo(feats, targets)[i] for i in range(21)])], progress=False)
+    stats = compute_weight_stats([collate([memory_zoo(feats, targets)[i] for i in range(21)])], progress=False)
     torch.testing.assert_close(stats.weight_mean[1], feats.weights[1].mean().reshape(1))
     torch.testing.assert_close(stats.bias_std[2], feats.biases[2].std(unbiased=False).reshape(1), rtol=1e-4, atol=1e-6)
     normalized = stats.normalizer()(WeightSpaceFeatures([w[0] for w in feats.weights], [b[0] for b in feats.biases]))
@@ -123,7 +93,7 @@ def test_weight_stats_match_direct_computation(zoo):
 
 def test_datamodule_loaders_and_normalization(zoo, tmp_path):
     _, feats, targets = zoo
-    dm = MemoryZooDataModule(tmp_path, feats, targets, batch_size=4, normalize=True, augment=[RandomHiddenPermutation()])
+    dm = memory_datamodule(tmp_path, feats, targets, batch_size=4, normalize=True, augment=[RandomHiddenPermutation()])
     assert dm.network_spec.layer_sizes == (3, 6, 5, 2)  # before setup
     dm.setup("fit")
     batch, tgt = next(iter(dm.train_dataloader()))
@@ -137,16 +107,16 @@ def test_datamodule_loaders_and_normalization(zoo, tmp_path):
 
 def test_cached_stats_are_reused(zoo, tmp_path):
     _, feats, targets = zoo
-    first = MemoryZooDataModule(tmp_path, feats, targets).compute_weight_stats(progress=False)
+    first = memory_datamodule(tmp_path, feats, targets).compute_weight_stats(progress=False)
     changed = feats.map(lambda t: t + 100.0)  # same key, different data: the cache must win
-    second = MemoryZooDataModule(tmp_path, changed, targets).compute_weight_stats(progress=False)
+    second = memory_datamodule(tmp_path, changed, targets).compute_weight_stats(progress=False)
     torch.testing.assert_close(first.weight_mean[0], second.weight_mean[0])
 
 
 def test_unknown_split(zoo, tmp_path):
     _, feats, targets = zoo
     with pytest.raises(ValueError, match="unknown split"):
-        MemoryZooDataModule(tmp_path, feats, targets)._dataset("holdout", None)
+        memory_datamodule(tmp_path, feats, targets)._dataset("holdout", None)
 
 
 @pytest.mark.parametrize("size,replicas", [(7, 2), (10, 3), (1, 2)])
@@ -155,3 +125,13 @@ def test_eval_sampler_covers_each_sample_once(size, replicas):
     shards = [list(EvalDistributedSampler(data, num_replicas=replicas, rank=r)) for r in range(replicas)]
     assert sorted(i for s in shards for i in s) == data
     assert [len(EvalDistributedSampler(data, num_replicas=replicas, rank=r)) for r in range(replicas)] == [len(s) for s in shards]
+
+
+def test_tensor_zoo_rejects_bad_splits_and_targets(zoo):
+    _, feats, targets = zoo
+    with pytest.raises(ValueError, match="do not divide 21 networks"):
+        TensorZooDataModule(feats, {"y": targets}, split_sizes=(10, 10, 10))
+    with pytest.raises(ValueError, match="has 3 values for 21 networks"):
+        TensorZooDataset(feats, {"y": targets[:3]})
+    with pytest.raises(ValueError, match="one channel"):
+        TensorZooDataset(feats.map(lambda t: t.expand(-1, 2, *t.shape[2:])), {"y": targets})

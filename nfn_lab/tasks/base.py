@@ -1,0 +1,129 @@
+"""BaseTask: the LightningModule every nfn-lab problem subclasses.
+
+A task owns a backbone built from the DataModule's ``network_spec`` (linked by the CLI),
+its loss and its metrics; subclasses fill in the hooks :meth:`configure_losses`,
+:meth:`configure_metrics` and :meth:`compute` and state their contract in the class
+attributes ``monitor`` and ``mode`` (used for best-checkpoint selection).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
+
+__all__ = ["BaseTask", "BackboneFactory"]
+
+BackboneFactory = Callable[[NetworkSpec], nn.Module]
+Batch = tuple[WeightSpaceFeatures, dict[str, Tensor]]
+
+
+class BaseTask(L.LightningModule, ABC):
+    """Shared training loop, optimizer and logging.
+
+    Args:
+        network_spec: the zoo's weight space (the CLI links it from ``data.network_spec``).
+        backbone: builds the backbone from the spec, e.g. ``functools.partial(InvariantNFN,
+            hidden_channels=[16, 16, 5])``; in YAML a ``class_path`` with ``init_args``.
+        lr: learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up from 0 (0 disables it).
+    """
+
+    monitor: str = "val/loss"
+    mode: str = "min"
+
+    def __init__(
+        self,
+        network_spec: NetworkSpec,
+        backbone: BackboneFactory,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.network_spec = network_spec
+        self.backbone_factory = backbone
+        self.model = backbone(network_spec)
+        self.configure_losses()
+        self.configure_metrics()
+
+    # --- hooks for subclasses -----------------------------------------------------------------------
+    @abstractmethod
+    def configure_losses(self) -> None:
+        """Sets ``self.criterion``."""
+
+    @abstractmethod
+    def configure_metrics(self) -> None:
+        """Sets ``self.val_metrics`` and ``self.test_metrics`` (torchmetrics collections)."""
+
+    @abstractmethod
+    def compute(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, predictions, targets)`` of a batch; metrics are updated with the last two."""
+
+    # --- shared machinery -------------------------------------------------------------------------------
+    def forward(self, wsfeat: WeightSpaceFeatures) -> Any:
+        return self.model(wsfeat)
+
+    def setup(self, stage: str) -> None:
+        """Hands the training split's weight statistics to a backbone built with ``normalize=True``."""
+        set_stats = getattr(self.model, "set_input_stats", None)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if (
+            set_stats is not None
+            and getattr(self.model, "input_norm", None) is not None
+            and not bool(self.model.input_norm.initialized)
+            and hasattr(datamodule, "compute_weight_stats")
+        ):
+            set_stats(datamodule.compute_weight_stats())
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, _, _ = self.compute(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].batch_size)
+        return loss
+
+    def _eval_step(self, batch: Batch, prefix: str, metrics: nn.Module) -> tuple[Tensor, Tensor]:
+        loss, preds, targets = self.compute(batch)
+        metrics.update(preds, targets)
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", batch_size=batch[0].batch_size, sync_dist=True)
+        return preds, targets
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    # Metric states are re-created at the start of every evaluation: a validate() call runs
+    # under inference mode, and its inference tensors could not be updated in fit's no-grad loop.
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Any:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.warmup_steps <= 0:
+            return optimizer
+        warmup = self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Tests of nfn_lab.tasks."""
