@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from torchmetrics import MeanMetric
+
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["BaseTask", "BackboneFactory"]
@@ -54,6 +56,8 @@ class BaseTask(L.LightningModule, ABC):
         self.model = backbone(network_spec)
         self.configure_losses()
         self.configure_metrics()
+        # The loss as a weighted mean metric: exact under DDP even when shards differ in size.
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     # --- hooks for subclasses -----------------------------------------------------------------------
     @abstractmethod
@@ -89,33 +93,43 @@ class BaseTask(L.LightningModule, ABC):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].batch_size)
         return loss
 
-    def _eval_step(self, batch: Batch, prefix: str, metrics: nn.Module) -> tuple[Tensor, Tensor]:
+    def _metrics(self, prefix: str) -> nn.Module:
+        return self.val_metrics if prefix == "val" else self.test_metrics
+
+    def _eval_step(self, batch: Batch, prefix: str) -> tuple[Tensor, Tensor]:
         loss, preds, targets = self.compute(batch)
-        metrics.update(preds, targets)
-        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", batch_size=batch[0].batch_size, sync_dist=True)
+        self._metrics(prefix).update(preds, targets)
+        self.eval_losses[prefix].update(loss.detach(), weight=batch[0].batch_size)
         return preds, targets
 
+    def _log_eval_epoch(self, prefix: str) -> None:
+        results = {**self._metrics(prefix).compute(), f"{prefix}/loss": self.eval_losses[prefix].compute()}
+        self.log_dict(results, prog_bar=prefix == "val")
+        self._reset_eval(prefix)
+
+    def _reset_eval(self, prefix: str) -> None:
+        self._metrics(prefix).reset()
+        self.eval_losses[prefix].reset()
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
+        self._eval_step(batch, "test")
 
     # Metric states are re-created at the start of every evaluation: a validate() call runs
     # under inference mode, and its inference tensors could not be updated in fit's no-grad loop.
     def on_validation_epoch_start(self) -> None:
-        self.val_metrics.reset()
+        self._reset_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self.test_metrics.reset()
+        self._reset_eval("test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self._log_eval_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        self._log_eval_epoch("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Any:
         return self(batch[0])

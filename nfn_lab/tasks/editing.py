@@ -140,10 +140,12 @@ class EditINRTask(BaseTask):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        if batch_idx == 0 and self.num_logged_images > 0 and self.trainer.is_global_zero:
-            self._save_grid(batch[0])
+        if batch_idx == 0 and self.num_logged_images > 0:
+            log_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir is a collective call under DDP
+            if self.trainer.is_global_zero:
+                self._save_grid(batch[0], log_dir)
 
-    def _save_grid(self, wsfeat: WeightSpaceFeatures) -> Path:
+    def _save_grid(self, wsfeat: WeightSpaceFeatures, log_dir: Path) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -160,7 +162,6 @@ class EditINRTask(BaseTask):
                 axes[r][c].axis("off")
             axes[r][0].set_title(name, fontsize=8, loc="left")
         fig.tight_layout()
-        log_dir = Path(self.trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"edits_epoch{self.current_epoch:03d}.png"
         fig.savefig(path, dpi=100)

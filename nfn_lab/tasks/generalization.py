@@ -68,23 +68,24 @@ class PredictGeneralizationTask(BaseTask):
         return self.criterion(pred, y), pred.detach(), y
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        preds, targets = self._eval_step(batch, "test", self.test_metrics)
+        preds, targets = self._eval_step(batch, "test")
         self._test_points.append((preds.cpu(), targets.cpu()))
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if self._test_points and self.trainer.is_global_zero:
-            preds, targets = (torch.cat(t) for t in zip(*self._test_points))
-            self.scatter_path = self._save_scatter(preds, targets)
-        self._test_points.clear()
+        log_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir is a collective call under DDP
+        points = _gather_objects(self._test_points)
+        if points and self.trainer.is_global_zero:
+            preds, targets = (torch.cat(t) for t in zip(*points))
+            self.scatter_path = self._save_scatter(preds, targets, log_dir)
+        self._test_points = []
 
-    def _save_scatter(self, preds: Tensor, targets: Tensor) -> Path:
+    def _save_scatter(self, preds: Tensor, targets: Tensor, log_dir: Path) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        log_dir = Path(self.trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.scatter(targets.numpy(), preds.numpy(), s=6, alpha=0.6)
@@ -101,3 +102,12 @@ class PredictGeneralizationTask(BaseTask):
         if callable(log_image):
             log_image(key="test/scatter", images=[str(path)])
         return path
+
+
+def _gather_objects(items: list) -> list:
+    """Concatenates a per-rank list across DDP processes (shards may differ in length)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    gathered: list[list] = [[] for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
