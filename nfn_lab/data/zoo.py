@@ -24,7 +24,7 @@ from nfn_lab.data.stats import WeightStats, cached_weight_stats
 from nfn_lab.data.transforms import Compose
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
 
-__all__ = ["Item", "ZooDataset", "ZooDataModule", "EvalDistributedSampler", "check_finite"]
+__all__ = ["Item", "ZooDataset", "ZooDataModule", "EpochShuffleSampler", "EvalDistributedSampler", "check_finite"]
 
 Targets = dict[str, Tensor]
 Item = tuple[WeightSpaceFeatures, Targets]
@@ -98,6 +98,27 @@ class EvalDistributedSampler(DistributedSampler):
         return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a permutation drawn from ``seed + epoch``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed from a checkpoint
+    sees exactly the order an uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0) -> None:
+        self.num_items, self.seed, self.epoch = num_items, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -162,6 +183,28 @@ class ZooDataModule(L.LightningDataModule, ABC):
         """Identifies the training split for the statistics cache; override to add more."""
         return f"{type(self).__qualname__}:{self.root.resolve()}:{len(self._dataset('train', None))}"
 
+    # --- format discovery (``nfn-lab zoo info`` / ``convert`` ask every subclass) ---------------------
+    @classmethod
+    def detect(cls, root: str | os.PathLike) -> bool:
+        """Whether ``root`` holds a zoo in this format, judged cheaply from file names.
+
+        The default says no; a format opts in to automatic detection by overriding it.
+        """
+        return False
+
+    @classmethod
+    def describe(cls, root: str | os.PathLike) -> dict[str, Any]:
+        """A summary of the zoo at ``root`` for ``nfn-lab zoo info``: label -> printable value.
+
+        Conventional keys: ``format``, ``splits`` (split -> rows), ``num_networks``,
+        ``num_checkpoints``, ``network_spec``, ``targets``, ``provenance``. The default
+        builds the DataModule with its default arguments and reports the spec and the
+        split sizes; override it to report more or to avoid opening the splits.
+        """
+        datamodule = cls(root)  # type: ignore[call-arg]  # subclasses take root first
+        splits = {split: len(datamodule.make_dataset(split, None)) for split in datamodule.splits}
+        return {"format": cls.__name__, "network_spec": datamodule.network_spec, "splits": splits}
+
     # --- shared machinery ----------------------------------------------------------------------------
     @property
     def network_spec(self) -> NetworkSpec:
@@ -212,8 +255,8 @@ class ZooDataModule(L.LightningDataModule, ABC):
             persistent_workers=self.num_workers > 0,
         )
         if train:
-            generator = torch.Generator().manual_seed(self.seed)
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator, **kwargs)
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
         sampler = EvalDistributedSampler(dataset) if _distributed() else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **kwargs)
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -30,7 +31,7 @@ class BaseTask(L.LightningModule, ABC):
     """Shared training loop, optimizer and logging.
 
     Args:
-        network_spec: the zoo's weight space (the CLI links it from ``data.network_spec``).
+        network_spec: the zoo's weight space (required; the CLI links it from ``data.network_spec``).
         backbone: builds the backbone from the spec, e.g. ``functools.partial(InvariantNFN,
             hidden_channels=[16, 16, 5])``; in YAML a ``class_path`` with ``init_args``.
         lr: learning rate of AdamW.
@@ -43,13 +44,18 @@ class BaseTask(L.LightningModule, ABC):
 
     def __init__(
         self,
-        network_spec: NetworkSpec,
+        network_spec: NetworkSpec | None,
         backbone: BackboneFactory,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
     ) -> None:
         super().__init__()
+        if network_spec is None:
+            raise ValueError(
+                "a task needs the zoo's network_spec: pass datamodule.network_spec (the nfn-lab CLI links it "
+                "from the data config automatically)."
+            )
         self.save_hyperparameters(ignore=["backbone"])
         self.network_spec = network_spec
         self.backbone_factory = backbone
@@ -103,7 +109,12 @@ class BaseTask(L.LightningModule, ABC):
         return preds, targets
 
     def _log_eval_epoch(self, prefix: str) -> None:
-        results = {**self._metrics(prefix).compute(), f"{prefix}/loss": self.eval_losses[prefix].compute()}
+        results = {f"{prefix}/loss": self.eval_losses[prefix].compute()}
+        for name, metric in self._metrics(prefix).items(keep_base=False, copy_state=False):
+            try:
+                results[name] = metric.compute()
+            except ValueError as err:  # e.g. R^2 of a one-network split
+                rank_zero_warn(f"{name} not logged: {err}")
         self.log_dict(results, prog_bar=prefix == "val")
         self._reset_eval(prefix)
 

@@ -28,7 +28,7 @@ class ClassifyINRTask(BaseTask):
 
     def __init__(
         self,
-        network_spec: NetworkSpec,
+        network_spec: NetworkSpec | None,
         backbone: BackboneFactory,
         num_classes: int = 10,
         target: str = "label",

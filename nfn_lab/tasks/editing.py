@@ -88,7 +88,7 @@ class EditINRTask(BaseTask):
 
     def __init__(
         self,
-        network_spec: NetworkSpec,
+        network_spec: NetworkSpec | None,
         backbone: BackboneFactory,
         edit: Edit = "dilate",
         variant: SirenVariant = "nfn",

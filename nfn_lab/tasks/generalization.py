@@ -33,7 +33,7 @@ class PredictGeneralizationTask(BaseTask):
 
     def __init__(
         self,
-        network_spec: NetworkSpec,
+        network_spec: NetworkSpec | None,
         backbone: BackboneFactory,
         target: str = "test_accuracy",
         loss: Literal["bce", "mse"] = "bce",
