@@ -220,6 +220,9 @@ class NetworkSpec:
                 )
 
 
+# Specs are stored in checkpoints' hyperparameters: allow them in torch.load(weights_only=True).
+torch.serialization.add_safe_globals([ArraySpec, NetworkSpec])
+
 TensorTransform = Callable[[Tensor], Tensor]
 
 

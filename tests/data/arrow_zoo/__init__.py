@@ -1,0 +1,1 @@
+"""Generator of zoos in nfn-lab's Arrow/Parquet format."""
