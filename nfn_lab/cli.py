@@ -14,9 +14,10 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
-USAGE = f"""usage: nfn-lab {{zoo,{",".join(TRAINING_COMMANDS)}}} ...
+USAGE = f"""usage: nfn-lab {{zoo,sweep,{",".join(TRAINING_COMMANDS)}}} ...
 
   zoo       inspect, convert and build model zoos (nfn-lab zoo --help)
+  sweep     run a sweep file (W&B format) online or with the local runner (nfn-lab sweep --help)
   {"/".join(TRAINING_COMMANDS)}
             train and evaluate: nfn-lab fit --config experiments/...yaml
 """
@@ -29,13 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nfn_lab.zoo_cli import main as zoo_main
 
         return zoo_main(args[1:])
+    if args and args[0] == "sweep":
+        from nfn_lab.sweep import main as sweep_main
+
+        return sweep_main(args[1:])
     if args and args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0
     if args and args[0] in TRAINING_COMMANDS:
         from nfn_lab.train_cli import run
 
-        run(args)
+        run(args if argv is not None else None)  # None: LightningCLI reads sys.argv itself
         return 0
     print(USAGE, end="", file=sys.stderr)
     print(f"nfn-lab: error: {'no command given' if not args else f'unknown command {args[0]!r}'}.", file=sys.stderr)

@@ -1,0 +1,276 @@
+"""SIRENs (sine-activation MLPs) of the two public INR zoos, and rendering them to images.
+
+Both zoos store 3-layer SIRENs ``2 -> 32 -> 32 -> C`` fit to one image each; they differ
+in details that matter when the weights are turned back into pixels (see ``formats.md``
+in the design notes):
+
+- ``"nfn"`` (NFN SIREN zoos): keys ``net.0.linear.weight``, ..., ``net.2.bias``; linear
+  output (images in [-1, 1]); ``'ij'`` coordinates; initialization ``U(±1/fan_in)`` for
+  the first layer and ``U(±sqrt(6/fan_in)/30)`` for the others (output layer included),
+  PyTorch's default biases.
+- ``"dwsnets"`` (DWSNets INR zoos): keys ``seq.0.weight``, ..., ``seq.2.bias``; linear
+  output plus 0.5 (images in [0, 1]); ``'xy'`` coordinates; ``U(±sqrt(6/fan_in)/30)`` for
+  every sine layer (no special first layer) with zero biases, PyTorch's default output layer.
+
+Every sine layer computes ``sin(omega0 * (x @ W.T + b))`` with ``omega0 = 30``. Pixel
+``(i, j)`` of an ``S x S`` image is the network's output at coordinate ``(t[i], t[j])``
+for ``'ij'`` and ``(t[j], t[i])`` for ``'xy'``, where ``t = linspace(-1, 1, S)``.
+
+:func:`render` evaluates a whole batch of SIRENs given as :class:`WeightSpaceFeatures`
+with ``torch.func`` (``functional_call`` + ``vmap``), e.g. to look at a zoo or to use
+the rendered images as targets of an INR editing task; :func:`fit` fits one SIREN per
+image, all at once, through it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from nfn_lab.conversion import module_to_wsfeat, params_to_func_params
+from nfn_lab.weightspace import WeightSpaceFeatures
+
+__all__ = ["SirenVariant", "SineLayer", "SineLinear", "Siren", "fit", "make_coordinates", "render"]
+
+SirenVariant = Literal["nfn", "dwsnets"]
+Indexing = Literal["ij", "xy"]
+OMEGA0 = 30.0
+
+
+@dataclass(frozen=True)
+class _VariantFacts:
+    container: str  # attribute name of the nn.Sequential: first part of every state-dict key
+    output_offset: float
+    indexing: Indexing
+    siren_first_layer: bool  # U(±1/fan_in) for the first layer (else the hidden layers' init)
+    siren_output_layer: bool  # U(±sqrt(6/fan_in)/30) for the output weights (else nn.Linear's default)
+    zero_sine_biases: bool  # else nn.Linear's default U(±1/sqrt(fan_in))
+
+
+_VARIANTS: dict[str, _VariantFacts] = {
+    "nfn": _VariantFacts("net", 0.0, "ij", siren_first_layer=True, siren_output_layer=True, zero_sine_biases=False),
+    "dwsnets": _VariantFacts(
+        "seq", 0.5, "xy", siren_first_layer=False, siren_output_layer=False, zero_sine_biases=True
+    ),
+}
+
+
+def _facts(variant: str) -> _VariantFacts:
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown SIREN variant {variant!r}; use one of {sorted(_VARIANTS)}.")
+    return _VARIANTS[variant]
+
+
+def make_coordinates(
+    size: int,
+    indexing: Indexing = "ij",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The ``size x size`` pixel grid over ``[-1, 1]^2``, one row per pixel in row-major order.
+
+    Args:
+        size: image side ``S``.
+        indexing: ``"ij"``: row ``i * S + j`` is ``(t[i], t[j])`` (NFN);
+            ``"xy"``: it is ``(t[j], t[i])`` (DWSNets, NumPy's default ``meshgrid``).
+        dtype, device: of the result (the grid is computed in float64, then cast).
+
+    Returns:
+        coordinates ``(S * S, 2)``.
+    """
+    if size < 1:
+        raise ValueError(f"image size must be positive, got {size}.")
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}.")
+    t = torch.linspace(-1.0, 1.0, size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(t, t, indexing="ij")  # (S, S) each: rows[i, j] = t[i], cols[i, j] = t[j]
+    first, second = (rows, cols) if indexing == "ij" else (cols, rows)
+    return torch.stack([first, second], dim=-1).reshape(size * size, 2).to(dtype=dtype, device=device)
+
+
+class SineLayer(nn.Module):
+    """``sin(omega0 * linear(x))`` holding its ``nn.Linear`` as ``.linear`` (the NFN zoos' keys)."""
+
+    def __init__(self, in_features: int, out_features: int, omega0: float = OMEGA0) -> None:
+        super().__init__()
+        self.omega0 = omega0
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.omega0 * self.linear(x))
+
+    def extra_repr(self) -> str:
+        return f"omega0={self.omega0}"
+
+
+class SineLinear(nn.Linear):
+    """``sin(omega0 * (x @ W.T + b))`` as one ``nn.Linear`` (the DWSNets zoos' keys ``weight``, ``bias``)."""
+
+    def __init__(self, in_features: int, out_features: int, omega0: float = OMEGA0) -> None:
+        super().__init__(in_features, out_features)
+        self.omega0 = omega0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.omega0 * super().forward(x))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, omega0={self.omega0}"
+
+
+class Siren(nn.Module):
+    """A SIREN of one zoo's variant; its ``state_dict()`` has exactly that zoo's keys.
+
+    Args:
+        variant: ``"nfn"`` or ``"dwsnets"`` (see the module docstring).
+        out_features: image channels ``C`` (1 grey, 3 RGB).
+        hidden_features: width of the sine layers.
+        hidden_layers: sine layers after the first one.
+        in_features: coordinate dimensions.
+
+    Shapes:
+        ``(..., in_features) -> (..., out_features)``.
+    """
+
+    def __init__(
+        self,
+        variant: SirenVariant = "nfn",
+        out_features: int = 1,
+        hidden_features: int = 32,
+        hidden_layers: int = 1,
+        in_features: int = 2,
+    ) -> None:
+        super().__init__()
+        facts = _facts(variant)
+        self.variant = variant
+        self.output_offset = facts.output_offset
+        self.indexing: Indexing = facts.indexing
+        sine = SineLayer if variant == "nfn" else SineLinear
+        widths = [in_features] + [hidden_features] * (hidden_layers + 1)
+        layers: list[nn.Module] = [sine(n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])]
+        layers.append(nn.Linear(hidden_features, out_features))
+        setattr(self, facts.container, nn.Sequential(*layers))
+        self.reset_parameters()
+
+    @property
+    def layers(self) -> nn.Sequential:
+        """The sine layers followed by the linear output layer."""
+        return getattr(self, _facts(self.variant).container)
+
+    def linears(self) -> list[nn.Linear]:
+        """The ``nn.Linear`` of every layer, in order."""
+        return [getattr(m, "linear", m) for m in self.layers]
+
+    def reset_parameters(self) -> None:
+        """The variant's initialization (see the module docstring)."""
+        facts = _facts(self.variant)
+        *sines, out = self.linears()
+        with torch.no_grad():
+            for i, lin in enumerate(sines):
+                hidden_bound = math.sqrt(6 / lin.in_features) / OMEGA0
+                bound = 1 / lin.in_features if i == 0 and facts.siren_first_layer else hidden_bound
+                lin.weight.uniform_(-bound, bound)
+                if facts.zero_sine_biases:
+                    lin.bias.zero_()
+                else:
+                    lin.bias.uniform_(-1 / math.sqrt(lin.in_features), 1 / math.sqrt(lin.in_features))
+            out.reset_parameters()  # nn.Linear's default
+            if facts.siren_output_layer:
+                bound = math.sqrt(6 / out.in_features) / OMEGA0
+                out.weight.uniform_(-bound, bound)
+
+    def forward(self, coords: Tensor) -> Tensor:
+        return self.layers(coords) + self.output_offset
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, output_offset={self.output_offset}, indexing={self.indexing!r}"
+
+
+def _siren_like(wsfeat: WeightSpaceFeatures, variant: SirenVariant) -> Siren:
+    """A SIREN module with the layer sizes of batched features ``(B, 1, ...)``."""
+    shapes = [tuple(w.shape[2:]) for w in wsfeat.weights]
+    if len(shapes) < 2 or any(len(s) != 2 for s in shapes):
+        raise ValueError(f"a SIREN has at least two dense layers; got weight shapes {shapes} (without B, C).")
+    hidden = {s[0] for s in shapes[:-1]}
+    if len(hidden) != 1:
+        raise ValueError(f"render needs one hidden width for all sine layers; got weight shapes {shapes}.")
+    with torch.device("meta"):  # only the structure is used: no memory, no draws from the global RNG
+        return Siren(
+            variant,
+            out_features=shapes[-1][0],
+            hidden_features=hidden.pop(),
+            hidden_layers=len(shapes) - 2,
+            in_features=shapes[0][1],
+        )
+
+
+def render(wsfeat: WeightSpaceFeatures, variant: SirenVariant = "nfn", size: int = 28) -> Tensor:
+    """Images of a batch of SIRENs, all evaluated at once with ``torch.func``.
+
+    Args:
+        wsfeat: raw (unnormalized) weights ``weights[i]: (B, 1, n_out, n_in)``,
+            ``biases[i]: (B, 1, n_out)``, on any device and float dtype.
+        variant: ``"nfn"`` or ``"dwsnets"`` (output offset, coordinate order).
+        size: image side ``S`` (28 for MNIST/FashionMNIST, 32 for CIFAR-10).
+
+    Returns:
+        images ``(B, C, S, S)`` with ``C`` the SIRENs' outputs; differentiable in ``wsfeat``.
+    """
+    template = _siren_like(wsfeat, variant)
+    keys = list(template.state_dict())  # W(1), b(1), W(2), b(2), ...: the order of params_to_func_params
+    params = params_to_func_params(wsfeat)  # each (B, ...)
+    coords = make_coordinates(size, template.indexing, dtype=wsfeat.dtype, device=wsfeat.device)  # (S*S, 2)
+
+    def one_network(*arrays: Tensor) -> Tensor:  # arrays of one network -> (S*S, C)
+        return functional_call(template, dict(zip(keys, arrays)), (coords,))
+
+    pixels = vmap(one_network)(*params)  # (B, S*S, C)
+    return rearrange(pixels, "b (h w) c -> b c h w", h=size)
+
+
+def fit(
+    images: Tensor, variant: SirenVariant = "nfn", steps: int = 100, lr: float = 1e-4, seed: int = 0
+) -> WeightSpaceFeatures:
+    """Fits one SIREN per image, all networks in one vectorized loop of Adam steps.
+
+    Each network starts from the variant's initialization (drawn from ``seed``, leaving
+    the global RNG untouched) and minimizes its own mean squared error to its image.
+
+    Args:
+        images: targets ``(B, C, S, S)`` in the variant's range (``[-1, 1]`` for
+            ``"nfn"``, ``[0, 1]`` for ``"dwsnets"``).
+        variant: ``"nfn"`` or ``"dwsnets"``.
+        steps: Adam steps; lr: its learning rate.
+        seed: seeds the initializations.
+
+    Returns:
+        the fitted weights, detached: ``weights[i]: (B, 1, n_out, n_in)``, ``biases[i]: (B, 1, n_out)``.
+    """
+    batch, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        start = module_to_wsfeat([Siren(variant, out_features=channels) for _ in range(batch)])
+    start = start.to(dtype=images.dtype, device=images.device)
+    num_layers = len(start)
+    params = [t.clone().requires_grad_() for t in (*start.weights, *start.biases)]
+    # Adam written out: torch.optim's first use imports torch._dynamo, seconds for a few small steps
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    first = [torch.zeros_like(p) for p in params]
+    second = [torch.zeros_like(p) for p in params]
+    for step in range(1, steps + 1):
+        wsfeat = WeightSpaceFeatures(params[:num_layers], params[num_layers:])
+        # per network mean over pixels, summed over networks: each network's gradient is its own
+        loss = (render(wsfeat, variant, size) - images).square().mean(dim=(1, 2, 3)).sum()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g, m, v in zip(params, grads, first, second):
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+                p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    return WeightSpaceFeatures(params[:num_layers], params[num_layers:]).detach()

@@ -1,0 +1,1 @@
+"""Generator of DWSNets INR zoos in the exact public format."""

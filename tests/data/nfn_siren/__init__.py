@@ -1,0 +1,1 @@
+"""Generator of NFN SIREN zoos in the exact public format."""
