@@ -1,4 +1,5 @@
-# Set-up and the two entry points of the README: `make demo` and `make test`.
+# Set-up and the entry points of the README: `make run` (the main job) and `make test`;
+# `make demo` runs the short invariance demonstration.
 # Both create .venv on first use and install nfn-lab into it; the set-up is redone only
 # when pyproject.toml changes (the stamp file below is older than it).
 
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.nfn-lab-installed
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup run demo test
 
 setup: $(STAMP)
 
@@ -21,6 +22,9 @@ $(VENV_PY):
 $(STAMP): pyproject.toml | $(VENV_PY)
 	$(VENV_PY) -m pip install "$(TORCH)" -e ".[test]"
 	touch $(STAMP)
+
+run: setup
+	$(VENV_PY) -m nfn_lab.main_job
 
 demo: setup
 	$(VENV_PY) -m nfn_lab.demo
