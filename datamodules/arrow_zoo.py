@@ -45,16 +45,10 @@ from nfn_lab.data.arrow_format import (
     read_zoo_info,
     zoo_layout,
 )
-from nfn_lab.data.zoo import Item, Targets, Transform, ZooDataModule, ZooDataset
-from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
+from nfn_lab.data.zoo import Item, Targets, Transform, ZooDataModule, ZooDataset, make_item
+from nfn_lab.weightspace import NetworkSpec, collate
 
 __all__ = ["ArrowZooDataModule", "ArrowZooDataset", "ArrowZooStream"]
-
-
-def _item(weights: Sequence[Tensor], biases: Sequence[Tensor], targets: Targets, transform: Transform | None) -> Item:
-    """An item from one network's arrays, as :meth:`ZooDataset.__getitem__` builds it."""
-    feats = WeightSpaceFeatures([w.unsqueeze(0) for w in weights], [b.unsqueeze(0) for b in biases])  # (1, ...)
-    return (feats if transform is None else transform(feats)), targets
 
 
 def _target_names(info: ZooInfo, target: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -121,15 +115,6 @@ class ArrowZooDataset(ZooDataset):
         weights, biases, targets = self.read_batch([index])
         return [w[0] for w in weights], [b[0] for b in biases], {k: v[0] for k, v in targets.items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
-        """A whole batch from one read; items equal ``[self[i] for i in indices]``."""
-        weights, biases, targets = self.read_batch(indices)
-        rows = [
-            ([w[k] for w in weights], [b[k] for b in biases], {n: t[k] for n, t in targets.items()})
-            for k in range(len(indices))
-        ]
-        return [_item(*row, self.transform) for row in rows]
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(networks={len(self)}, targets={list(self.target_names)}, {self.network_spec})"
 
@@ -185,7 +170,7 @@ class ArrowZooStream(IterableDataset):
             batch = {name: np.asarray(value)[None] for name, value in row.items()}  # a batch of one
             weights, biases, targets = batch_to_tensors(batch, self.info, self.target_names)
             row_targets = {k: v[0] for k, v in targets.items()}
-            yield _item([w[0] for w in weights], [b[0] for b in biases], row_targets, self.transform)
+            yield make_item([w[0] for w in weights], [b[0] for b in biases], row_targets, self.transform)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(targets={list(self.target_names)}, {self.network_spec})"

@@ -1,7 +1,6 @@
 """``nfn-lab sweep``: sweep files, search spaces, the resumable local runner, the W&B path (mocked), one real sweep."""
 
 import csv
-import json
 import math
 import os
 import statistics
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfn_lab import sweep, sweep_runner
+from nfn_lab import sweep
 from nfn_lab.sweep import choose_backend, grid_points, load_sweep, random_points
 from nfn_lab.sweep_runner import (
     Ledger,

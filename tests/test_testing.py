@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nfn_lab.layers import HNPLinear, NPLinear, NPPool
+from nfn_lab.layers import HNPLinear, NPPool
 from nfn_lab.testing import (
     assert_equivariant,
     assert_invariant,

@@ -1,6 +1,5 @@
 """`nfn-lab fit|validate|test` through LightningCLI: config links, saved configs, checkpoints, exact resume, loggers."""
 
-import textwrap
 from pathlib import Path
 
 import pytest

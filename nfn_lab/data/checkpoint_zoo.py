@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nfn_lab.data.stats import default_cache_dir
-from nfn_lab.data.zoo import Item, Targets, Transform, ZooDataModule, ZooDataset, check_finite
-from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
+from nfn_lab.data.zoo import Targets, Transform, ZooDataModule, ZooDataset, check_finite
+from nfn_lab.weightspace import NetworkSpec, collate
 
 __all__ = [
     "ArrayCache",
@@ -296,19 +296,15 @@ class CheckpointZooDataset(ZooDataset):
             weights, biases = [w[0] for w in ws], [b[0] for b in bs]
         return weights, biases, self._targets(index)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
-        """A batch of items; with an array cache, one read for all of them (same items as ``self[i]``)."""
+    def read_batch(self, indices: Sequence[int]) -> tuple[list[Tensor], list[Tensor], Targets]:
+        """With an array cache, one read for the whole batch; otherwise one file per network."""
         if self.cache is None:
-            return [self[i] for i in indices]
-        bad = [i for i in indices if not 0 <= i < len(self)]
-        if bad:
-            raise IndexError(f"network index {bad[0]} out of range for a zoo split of {len(self)} networks.")
+            return super().read_batch(indices)
+        for index in indices:
+            self._check_index(index)
         weights, biases = self.cache.unflatten(self.cache.read_rows(self.rows[list(indices)]))
-        items = []
-        for k, index in enumerate(indices):
-            feats = WeightSpaceFeatures([w[k : k + 1] for w in weights], [b[k : k + 1] for b in biases])  # (1, ...)
-            items.append((feats if self.transform is None else self.transform(feats), self._targets(index)))
-        return items
+        targets = {name: torch.as_tensor(values)[list(indices)] for name, values in self.targets.items()}
+        return list(weights), list(biases), targets
 
     def __repr__(self) -> str:
         source = repr(self.cache) if self.cache is not None else "one file per network"

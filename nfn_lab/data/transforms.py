@@ -114,17 +114,18 @@ class Normalize:
         self.bias_mean, self.bias_std = list(bias_mean), list(bias_std)
 
     @staticmethod
-    def _apply(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        shape = (-1,) + (1,) * (x.dim() - 1)  # channel axis first
+    def _apply(x: Tensor, mean: Tensor, std: Tensor, lead: int) -> Tensor:
+        shape = (1,) * (lead - 1) + (-1,) + (1,) * (x.dim() - lead)  # broadcast over the channel axis
         return (x - mean.to(x).view(shape)) / std.to(x).view(shape)
 
-    def __call__(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+    def __call__(self, wsfeat: WeightSpaceFeatures, lead: int = _ITEM_LEAD) -> WeightSpaceFeatures:
+        """Normalizes one network (``lead=1``: ``(C, ...)``) or a batch (``lead=2``: ``(B, C, ...)``)."""
         if len(wsfeat) != len(self.weight_mean):
             raise ValueError(
                 f"Normalize has statistics for {len(self.weight_mean)} layers but the network has {len(wsfeat)}."
             )
-        weights = [self._apply(w, m, s) for w, m, s in zip(wsfeat.weights, self.weight_mean, self.weight_std)]
-        biases = [self._apply(b, m, s) for b, m, s in zip(wsfeat.biases, self.bias_mean, self.bias_std)]
+        weights = [self._apply(w, m, s, lead) for w, m, s in zip(wsfeat.weights, self.weight_mean, self.weight_std)]
+        biases = [self._apply(b, m, s, lead) for b, m, s in zip(wsfeat.biases, self.bias_mean, self.bias_std)]
         return WeightSpaceFeatures(weights, biases)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ dict of scalar target tensors. :func:`nfn_lab.collate` batches items.
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -18,17 +19,30 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from nfn_lab.data.stats import WeightStats, cached_weight_stats
-from nfn_lab.data.transforms import Compose
+from nfn_lab.data.transforms import Compose, Normalize
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
 
-__all__ = ["Item", "ZooDataset", "ZooDataModule", "EpochShuffleSampler", "EvalDistributedSampler", "check_finite"]
+__all__ = [
+    "Item",
+    "ZooDataset",
+    "ZooDataModule",
+    "BatchedZooView",
+    "EpochBatchSampler",
+    "EpochShuffleSampler",
+    "EvalDistributedSampler",
+    "check_finite",
+    "make_item",
+]
 
 Targets = dict[str, Tensor]
 Item = tuple[WeightSpaceFeatures, Targets]
 Transform = Callable[[WeightSpaceFeatures], WeightSpaceFeatures]
+# ``augment``'s element type returns Any: jsonargparse (LightningCLI) reads ``Callable[..., SomeClass]``
+# as a factory of SomeClass and would reject ``- class_path: nfn_lab.data.RandomHiddenPermutation``.
+Augmentation = Callable[[WeightSpaceFeatures], Any]
 
 
 def check_finite(arrays: Sequence[Tensor], where: str) -> None:
@@ -40,6 +54,12 @@ def check_finite(arrays: Sequence[Tensor], where: str) -> None:
                 f"{where}: array {i} has {bad} non-finite (NaN/inf) values; drop this network from the split "
                 "(e.g. a diverged training run) or repair the file."
             )
+
+
+def make_item(weights: Sequence[Tensor], biases: Sequence[Tensor], targets: Targets, transform: Transform | None) -> Item:
+    """One network's item: arrays ``(n_out, n_in, *filter)`` get the channel axis, then ``transform``."""
+    feats = WeightSpaceFeatures([w.unsqueeze(0) for w in weights], [b.unsqueeze(0) for b in biases])  # (1, ...)
+    return (feats if transform is None else transform(feats)), targets
 
 
 class ZooDataset(Dataset[Item], ABC):
@@ -70,14 +90,76 @@ class ZooDataset(Dataset[Item], ABC):
         Raises a ValueError naming the file or row if it is unreadable or not finite.
         """
 
-    def __getitem__(self, index: int) -> Item:
+    def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
             raise IndexError(f"network index {index} out of range for a zoo split of {len(self)} networks.")
+
+    def read_batch(self, indices: Sequence[int]) -> tuple[list[Tensor], list[Tensor], Targets]:
+        """Networks ``indices`` without the transform: weights ``(B, n_out, n_in, *filter)``,
+        biases ``(B, n_out)``, targets ``{name: (B,)}``.
+
+        The default stacks :meth:`read`; formats that can read many networks at once
+        (one memmap or Arrow read) override it, and every batched path below uses it.
+        """
+        for index in indices:
+            self._check_index(index)
+        rows = [self.read(index) for index in indices]
+        weights = [torch.stack(ws) for ws in zip(*(r[0] for r in rows))]
+        biases = [torch.stack(bs) for bs in zip(*(r[1] for r in rows))]
+        targets = {name: torch.stack([torch.as_tensor(r[2][name]) for r in rows]) for name in rows[0][2]}
+        return weights, biases, targets
+
+    def __getitem__(self, index: int) -> Item:
+        self._check_index(index)
         weights, biases, targets = self.read(index)
-        feats = WeightSpaceFeatures([w.unsqueeze(0) for w in weights], [b.unsqueeze(0) for b in biases])
-        if self.transform is not None:
-            feats = self.transform(feats)
-        return feats, targets
+        return self._item(weights, biases, targets)
+
+    def _item(self, weights: Sequence[Tensor], biases: Sequence[Tensor], targets: Targets) -> Item:
+        return make_item(weights, biases, targets, self.transform)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
+        """Items ``[self[i] for i in indices]`` from one :meth:`read_batch` (DataLoader calls this)."""
+        weights, biases, targets = self.read_batch(indices)
+        return [
+            self._item([w[k] for w in weights], [b[k] for b in biases], {n: t[k] for n, t in targets.items()})
+            for k in range(len(indices))
+        ]
+
+    def batch(self, indices: Sequence[int], transform: Transform | None = None) -> Item:
+        """Networks ``indices`` as one batch: features ``(B, 1, ...)`` and targets ``{name: (B,)}``.
+
+        Skips per-network objects and collation altogether; ``transform`` must work on batches
+        (e.g. :class:`~nfn_lab.data.transforms.Normalize` with ``lead=2``), and the item
+        transform is not applied.
+        """
+        weights, biases, targets = self.read_batch(indices)
+        feats = WeightSpaceFeatures([w.unsqueeze(1) for w in weights], [b.unsqueeze(1) for b in biases])
+        return (feats if transform is None else transform(feats)), targets
+
+
+class BatchedZooView(Dataset[Item]):
+    """A dataset indexed by lists of network indices, each giving a whole batch (see :meth:`ZooDataset.batch`)."""
+
+    def __init__(self, dataset: ZooDataset, transform: Transform | None = None) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> Item:
+        return self.dataset.batch(indices, self.transform)
+
+
+class EpochBatchSampler(torch.utils.data.BatchSampler):
+    """A BatchSampler that passes Lightning's ``set_epoch`` on to the sampler it wraps."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def _unwrap(batch: Item) -> Item:
+    return batch
 
 
 class EvalDistributedSampler(DistributedSampler):
@@ -151,7 +233,7 @@ class ZooDataModule(L.LightningDataModule, ABC):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         normalize: bool = False,
-        augment: Sequence[Transform] = (),
+        augment: Sequence[Augmentation] = (),
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
@@ -227,12 +309,19 @@ class ZooDataModule(L.LightningDataModule, ABC):
 
         return cached_weight_stats(self.root, self.stats_key(), batches, progress=progress)
 
+    def _normalizer(self) -> Normalize | None:
+        if not self.normalize:
+            return None
+        if self.weight_stats is None:
+            self.weight_stats = self.compute_weight_stats()
+        return self.weight_stats.normalizer()
+
+    def _augments(self, split: str) -> list[Transform]:
+        return list(self.augment) if split == "train" else []
+
     def _transform(self, split: str) -> Transform | None:
-        steps: list[Transform] = list(self.augment) if split == "train" else []
-        if self.normalize:
-            if self.weight_stats is None:
-                self.weight_stats = self.compute_weight_stats()
-            steps.append(self.weight_stats.normalizer())
+        normalizer = self._normalizer()
+        steps = self._augments(split) + ([normalizer] if normalizer is not None else [])
         return Compose(steps) if steps else None
 
     def split_dataset(self, split: str) -> ZooDataset:
@@ -247,18 +336,27 @@ class ZooDataModule(L.LightningDataModule, ABC):
             self.split_dataset(split)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """Batches of ``(features (B, 1, ...), targets)``.
+
+        Without per-network augmentation, each batch is read in one go through
+        :meth:`ZooDataset.batch` (normalized as a batch); otherwise items are read, transformed
+        one by one and collated.
+        """
         dataset = self.split_dataset(split)
         kwargs: dict[str, Any] = dict(
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0
         )
+        batch_size = self.batch_size if train else self.eval_batch_size
         if train:
-            sampler = EpochShuffleSampler(len(dataset), self.seed)
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
-        sampler = EvalDistributedSampler(dataset) if _distributed() else None
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **kwargs)
+            sampler: torch.utils.data.Sampler = EpochShuffleSampler(len(dataset), self.seed)
+        else:
+            sampler = EvalDistributedSampler(dataset) if _distributed() else SequentialSampler(range(len(dataset)))
+        if self._augments(split):
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **kwargs)
+        normalizer = self._normalizer()
+        batches = EpochBatchSampler(sampler, batch_size, drop_last=False)
+        view = BatchedZooView(dataset, None if normalizer is None else functools.partial(normalizer, lead=2))
+        return DataLoader(view, sampler=batches, batch_size=None, collate_fn=_unwrap, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from nfn_lab.layers import FlattenWeights, LearnedScale, StatFeaturizer, UnflattenWeights
 from nfn_lab.models.blocks import Backbone, mlp

@@ -62,10 +62,13 @@ class PredictGeneralizationTask(BaseTask):
         if self.target not in targets:
             raise KeyError(f"target {self.target!r} not in the batch; the zoo provides {sorted(targets)}.")
         y = targets[self.target].float().view(-1)
-        pred = self(wsfeat).view(-1)
+        pred = self(wsfeat).view(-1).float()  # float32 also under bf16/fp16 autocast
         if self.loss_kind == "bce" and ((pred < 0) | (pred > 1)).any():
             raise ValueError("loss='bce' needs outputs in [0, 1]: build the backbone with sigmoid=True or use loss='mse'.")
-        return self.criterion(pred, y), pred.detach(), y
+        # CUDA autocast refuses BCELoss (not autocast-safe): the loss runs outside it, in float32.
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            loss = self.criterion(pred, y)
+        return loss, pred.detach(), y
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         preds, targets = self._eval_step(batch, "test")

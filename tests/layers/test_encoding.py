@@ -103,7 +103,7 @@ def test_io_sinusoidal_codes_per_entry(kind, num_layers):
         j, k = w.shape[2] - 1, w.shape[3] - 1  # a corner entry, at the last filter position
         filt = tuple(s - 1 for s in w.shape[4:])
         expected = _expected_code(num_layers, i, j, k, False, layer_codes, inp_codes, out_codes)
-        torch.testing.assert_close(w[1, CHANNELS:, j, k, *filt], expected)
+        torch.testing.assert_close(w[(1, slice(CHANNELS, None), j, k, *filt)], expected)
         expected = _expected_code(num_layers, i, j, None, True, layer_codes, inp_codes, out_codes)
         torch.testing.assert_close(b[1, CHANNELS:, j], expected)
 

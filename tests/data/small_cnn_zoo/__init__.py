@@ -1,0 +1,1 @@
+"""Generator of Small CNN Zoo folders in the exact public format."""
