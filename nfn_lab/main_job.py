@@ -64,7 +64,7 @@ def train_and_test(name: str, config: str, zoo: Path, epochs: int, runs: Path, w
             "--wandb", wandb,
         ]
     )  # fmt: skip
-    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    metrics = cli.test_results[0]  # the CLI tests the best checkpoint after fit
     return ModelResult(
         name=name,
         kendall_tau=metrics["test/kendall_tau"],

@@ -9,7 +9,8 @@ too. The DataModule's ``network_spec`` is linked into the task. Every run gets:
 - a best checkpoint (by the task's ``monitor``/``mode``) and ``last.ckpt``;
 - CSV logs, and W&B logs through Lightning's WandbLogger, offline by default
   (``--wandb online`` to sync, ``--wandb disabled`` to skip): nothing waits on the network;
-- a fixed seed (``--seed_everything``, default 0); ``--ckpt_path`` resumes a fit exactly.
+- a fixed seed (``--seed_everything``, default 0); ``--ckpt_path`` resumes a fit exactly;
+- after ``fit``, a test of the best checkpoint (``--test_after_fit false`` to skip).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class NFNLabCLI(LightningCLI):
             "--wandb", choices=WANDB_MODES, default="offline", help="W&B logging: offline (default), online or disabled."
         )
         parser.add_argument("--run_name", type=str, default=None, help="Run folder name (default: the task's class).")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (default: true)."
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -66,6 +70,15 @@ class NFNLabCLI(LightningCLI):
             )
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), checkpoint]
         return super().instantiate_trainer(**kwargs)
+
+
+    def after_fit(self) -> None:
+        """Tests the best checkpoint, so one command gives a result; stored in ``test_results``."""
+        config = self.config[self.subcommand]
+        if config["test_after_fit"] and not self.trainer.fast_dev_run and self.datamodule is not None:
+            callback = self.trainer.checkpoint_callback
+            ckpt = (callback.best_model_path or None) if callback is not None else None  # None: the final weights
+            self.test_results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
 def run(args: Sequence[str] | None = None) -> NFNLabCLI:

@@ -46,7 +46,7 @@ def config(tmp_path, zoo):
 
 
 def _fit(config, root, *extra):
-    return run(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *extra])
+    return run(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), "--test_after_fit", "false", *extra])
 
 
 def test_fit_saves_config_and_checkpoints(config, tmp_path):
@@ -62,6 +62,11 @@ def test_fit_saves_config_and_checkpoints(config, tmp_path):
     # The saved config reruns the experiment as it is.
     rerun = run(["validate", "--config", str(log_dir / "config.yaml"), "--ckpt_path", ckpt.last_model_path])
     assert "val/loss" in rerun.trainer.callback_metrics
+
+
+def test_fit_tests_the_best_checkpoint(config, tmp_path):
+    cli = _fit(config, tmp_path / "runs", "--test_after_fit", "true")
+    assert {"test/kendall_tau", "test/r2", "test/l1", "test/loss"} <= set(cli.test_results[0])
 
 
 def test_resume_continues_exactly(config, tmp_path):

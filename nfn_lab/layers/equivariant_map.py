@@ -148,6 +148,16 @@ class EquivariantMapFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, plan: MapPlan, n_arrays: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+        # Under autocast, compute in the autocast dtype throughout (in-place GEMMs need one dtype).
+        device_type = tensors[0].device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            tensors = tuple(t.to(dtype) for t in tensors)
+        with torch.autocast(device_type, enabled=False):
+            return EquivariantMapFunction._forward(ctx, plan, n_arrays, tensors)
+
+    @staticmethod
+    def _forward(ctx: Any, plan: MapPlan, n_arrays: int, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
         xs = tensors[:n_arrays]
         term_ws = tensors[n_arrays : n_arrays + len(plan.terms)]
         pair_ws = tensors[n_arrays + len(plan.terms) : -1]
@@ -186,9 +196,15 @@ class EquivariantMapFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        grads = tuple(g.to(saved[0].dtype) for g in grads)  # autograd casts the results back per input
+        with torch.autocast(saved[0].device.type, enabled=False):
+            return EquivariantMapFunction._backward(ctx, saved, grads)
+
+    @staticmethod
+    def _backward(ctx: Any, saved: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
         plan: MapPlan = ctx.plan
         n_arrays, n_terms, n_pairs = ctx.n_arrays, len(plan.terms), len(plan.pairs)
-        saved = ctx.saved_tensors
         xs = saved[:n_arrays]
         term_ws = saved[n_arrays : n_arrays + n_terms]
         pair_ws = saved[n_arrays + n_terms : n_arrays + n_terms + n_pairs]

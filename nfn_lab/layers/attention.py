@@ -1,0 +1,342 @@
+"""NF-attention: the Neural Functional Transformer's NP-equivariant weight-space self-attention.
+
+:class:`NPAttention` (Zhou et al. 2023, "Neural Functional Transformers") is the sum of two
+attention terms over the entries of a weight space, each NP-equivariant:
+
+- the *cross term*: for every neuron layer ``l = 0..L``, the tokens are the arrays' slices
+  that share neuron layer ``l``'s index: the columns of ``W(l)`` (one per neuron of layer
+  ``l - 1``), the bias ``b(l)`` (one token) and the rows of ``W(l+1)`` (one per neuron of layer
+  ``l + 1``). Each token is a vector over neuron layer ``l`` (that axis is folded into its
+  features ``(head_channels, n(l))``), so permuting layer ``l`` permutes every token's
+  features alike and leaves the attention weights unchanged, while permuting the other
+  neuron layers permutes the tokens. Outputs go back where each token came from and a
+  weight entry sums the outputs of its two neuron layers.
+- the *diagonal term*: attention among the ``2L`` per-array summaries (the mean of each
+  ``W(i)`` and ``b(i)`` over its neuron axes), broadcast back over the array.
+
+Queries, keys and values are linear maps of each entry's channels, split into heads; a
+token's feature vector for head ``h`` is ``(ch, n(l))`` flattened (``ch = C / num_heads``).
+Convolution filters are folded into the channels: a weight entry's features ``(C, *filter)``
+are projected to ``C``-dimensional queries, keys and values, and an *unprojection*
+``C -> C * prod(filter)`` restores the filter from the attention output.
+
+Implementation: everything stays channels-first; each array is projected once, the tokens
+of a neuron layer are gathered by one ``cat`` per query/key/value, and neuron layers with
+the same token count and width share one ``scaled_dot_product_attention`` call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfn_lab.layers.layout import filter_fold, filter_unfold
+from nfn_lab.layers.misc import FlattenWeights, UnflattenWeights
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
+
+__all__ = ["CrossAttnDecoder", "CrossAttnEncoder", "NPAttention"]
+
+
+class NPAttention(nn.Module):
+    """NP-equivariant multi-head self-attention over weight-space features (NFT's NF-attention).
+
+    Args:
+        network_spec: the weight space (hidden sizes may be free).
+        channels: ``C``, the channels of input and output.
+        num_heads: attention heads; must divide ``channels``.
+        dropout: dropout probability on the cross term's attention weights (training only).
+        share_projections: True: one query/key/value projection shared by all arrays whose
+            entries have the same number of filter positions (every array of an MLP; for a CNN,
+            one for each filter size and one for dense weights and biases), and one shared
+            unprojection per filter size. False: one projection per array and one unprojection
+            per convolution weight, as in ``nfn``.
+        ablate_crossterm: drop the cross term (attention among tokens sharing a neuron index).
+        ablate_diagonalterm: drop the diagonal term (attention among per-array means).
+
+    Shapes: ``weights[i]: (B, C, n(i), n(i-1), *filter) -> same``, ``biases[i]: (B, C, n(i)) -> same``.
+    Outputs may be non-contiguous views.
+
+    Raises:
+        ValueError: if ``channels`` is not divisible by ``num_heads``, if both terms are
+            ablated, or (in forward) if the features do not match ``network_spec``.
+    """
+
+    def __init__(
+        self,
+        network_spec: NetworkSpec,
+        channels: int,
+        num_heads: int = 8,
+        dropout: float = 0,
+        share_projections: bool = True,
+        ablate_crossterm: bool = False,
+        ablate_diagonalterm: bool = False,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or num_heads < 1 or channels % num_heads != 0:
+            raise ValueError(
+                f"channels ({channels}) must be a positive multiple of num_heads ({num_heads}); change one of them."
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        if ablate_crossterm and ablate_diagonalterm:
+            raise ValueError("ablating both the cross and the diagonal term leaves nothing; keep at least one.")
+        self.network_spec = network_spec
+        self.channels = channels
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.share_projections = share_projections
+        self.ablate_crossterm = ablate_crossterm
+        self.ablate_diagonalterm = ablate_diagonalterm
+
+        num_layers = len(network_spec)
+        filter_sizes = network_spec.filter_sizes
+        array_filters = (*filter_sizes, *([1] * num_layers))  # weights, then biases
+        # Query/key/value projections (f * C -> 3C): shared by the arrays with f filter positions
+        # per entry, or one per array. Unprojections (C -> f * C) restore convolution filters.
+        qkv_keys = array_filters if share_projections else range(2 * num_layers)
+        self._qkv_index = _group_ids(qkv_keys)
+        self.to_qkv = nn.ModuleList(
+            nn.Linear(array_filters[self._qkv_index.index(g)] * channels, 3 * channels)
+            for g in range(max(self._qkv_index) + 1)
+        )
+        conv = [i for i, f in enumerate(filter_sizes) if f > 1]
+        unproject_index = _group_ids(filter_sizes[i] if share_projections else i for i in conv)
+        self._unproject_index = dict(zip(conv, unproject_index))
+        self.unproject = nn.ModuleList(
+            nn.Linear(channels, filter_sizes[conv[unproject_index.index(g)]] * channels)
+            for g in range(len(set(unproject_index)))
+        )
+
+    def reset_parameters(self) -> None:
+        for linear in (*self.to_qkv, *self.unproject):
+            linear.reset_parameters()
+
+    def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        """``(B, C, ...)`` features -> ``(B, C, ...)`` features of the same network."""
+        self.network_spec.check_features(wsfeat, self.channels, where="NPAttention")
+        num_layers = len(wsfeat)
+        inputs = [filter_fold(w) for w in wsfeat.weights] + list(wsfeat.biases)  # (B, f * C, *neurons)
+        qkv, cross = None, None
+        if not self.ablate_crossterm:
+            qkv = [_linear(self._qkv(a), x) for a, x in enumerate(inputs)]  # (B, 3C, *neurons), 3C = (3, H, ch)
+            cross = self._cross_term(qkv)  # per array (B, C, *neurons)
+        diag = None if self.ablate_diagonalterm else self._diagonal_term(inputs, qkv)  # (B, 2L, C)
+
+        outs = []
+        for a, x in enumerate(inputs):
+            unproject = self.unproject[self._unproject_index[a]] if a in self._unproject_index else None
+            d = None if diag is None else diag[:, a]  # (B, C)
+            if cross is None:  # the diagonal term alone: broadcast over the array
+                d = d if unproject is None else unproject(d)
+                out = d.view(*d.shape, *[1] * (x.dim() - 2)).expand(x.shape).contiguous()
+            elif unproject is not None:  # unproject(cross + d): d joins the unprojection's bias
+                out = _linear(unproject, cross[a], shift=d)
+            elif d is not None:
+                out = cross[a] + d.view(*d.shape, *[1] * (x.dim() - 2))
+            else:
+                out = cross[a]
+            outs.append(out)
+        weights = [filter_unfold(out, w.shape[4:]) for out, w in zip(outs, wsfeat.weights)]
+        return WeightSpaceFeatures(weights, outs[num_layers:])
+
+    def _qkv(self, array: int) -> nn.Linear:
+        return self.to_qkv[self._qkv_index[array]]
+
+    def _diagonal_term(self, inputs: list[Tensor], qkv: list[Tensor] | None) -> Tensor:
+        """Attention among the per-array means: ``(B, 2L, C)``."""
+        means = []
+        for a, x in enumerate(inputs):
+            # mean(qkv(x)) = qkv(mean(x)): average whichever of the two is smaller. Sums
+            # backpropagate as views, means as materialized tensors.
+            dims, count = tuple(range(2, x.dim())), math.prod(x.shape[2:])
+            if qkv is not None and qkv[a].shape[1] < x.shape[1]:
+                means.append(qkv[a].sum(dims) / count)
+            else:
+                means.append(self._qkv(a)(x.sum(dims) / count))
+        qkv_means = torch.stack(means, dim=1)  # (B, 2L, 3C)
+        q, k, v = qkv_means.view(*qkv_means.shape[:2], 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 2L, ch)
+        return out.transpose(1, 2).reshape(out.shape[0], -1, self.channels)
+
+    def _cross_term(self, qkv: list[Tensor]) -> list[Tensor]:
+        """Attention among the tokens of each neuron layer: per array ``(B, C, *neurons)``."""
+        num_layers = len(qkv) // 2
+        batch, heads, head_channels = qkv[0].shape[0], self.num_heads, self.channels // self.num_heads
+        # Per array, queries, keys and values, (B, H, ch, *neurons) each.
+        qkv_heads = [y.view(batch, 3, heads, head_channels, *y.shape[2:]).unbind(1) for y in qkv]
+        # Neuron layer l's tokens: the columns of W(l), b(l), the rows of W(l+1) (see _tokens).
+        # Layers with the same number of tokens T and neurons n(l) attend in one call.
+        sizes = [qkv[0].shape[-1], *(b.shape[-1] for b in qkv[num_layers:])]
+        groups: dict[tuple[int, int], list[list[tuple[str, int]]]] = {}
+        for l in range(num_layers + 1):
+            parts = [("cols", l - 1), ("bias", num_layers + l - 1)] if l > 0 else []
+            parts += [("rows", l)] if l < num_layers else []
+            num_tokens = sum(_num_tokens(kind, qkv[a]) for kind, a in parts)
+            groups.setdefault((num_tokens, sizes[l]), []).append(parts)
+
+        contributions: list[dict[str, Tensor]] = [{} for _ in qkv]
+        dropout = self.dropout if self.training else 0.0
+        for (num_tokens, n), layers in groups.items():
+            parts = [part for layer_parts in layers for part in layer_parts]
+            # (B, H, G * T, ch, n) -> (B, H * G, T, ch * n), for queries, keys and values.
+            q, k, v = (
+                torch.cat([_tokens(kind, qkv_heads[a][s]) for kind, a in parts], dim=2).view(
+                    batch, -1, num_tokens, head_channels * n
+                )
+                for s in range(3)
+            )
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, H * G, T, ch * n)
+            out = out.view(batch, heads, len(layers), num_tokens, head_channels, n)
+            # unbind copies the gradient (stack); a single layer needs no unbind.
+            layer_outs = out.unbind(2) if len(layers) > 1 else (out.squeeze(2),)
+            for layer_parts, layer_out in zip(layers, layer_outs):
+                splits = layer_out.split([_num_tokens(kind, qkv[a]) for kind, a in layer_parts], dim=2)
+                for (kind, a), o in zip(layer_parts, splits):
+                    contributions[a][kind] = _untokens(kind, o)  # (B, H, ch, *neurons)
+        # Rows first: the sum takes the layout of its first operand, and in the rows' layout
+        # (token-major, as flash attention writes its output) (H, ch) merge into C without a copy.
+        outs = [c["rows"] + c["cols"] for c in contributions[:num_layers]]
+        outs += [c["bias"] for c in contributions[num_layers:]]
+        return [out.flatten(1, 2) for out in outs]
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, num_heads={self.num_heads}, dropout={self.dropout}, "
+            f"share_projections={self.share_projections}, ablate_crossterm={self.ablate_crossterm}, "
+            f"ablate_diagonalterm={self.ablate_diagonalterm}"
+        )
+
+
+class CrossAttnEncoder(nn.Module):
+    """Learned latent queries cross-attend to every entry of the weight space (Perceiver-style).
+
+    The entries are a set of tokens ``(B, N_params, C)`` (:class:`FlattenWeights`); attention
+    without position codes ignores their order, so the encoding is invariant to every
+    permutation of the entries, the NP group included. Single-head attention without
+    projections, as in ``nfn``; put projections or position encodings in front if needed.
+
+    Args:
+        network_spec: the weight space, with every size set.
+        channels: ``C`` of the features and the latents.
+        num_latents: number of latent tokens.
+
+    Shapes: features ``(B, C, ...)`` -> latents ``(B, num_latents, C)``.
+    """
+
+    def __init__(self, network_spec: NetworkSpec, channels: int, num_latents: int) -> None:
+        super().__init__()
+        if channels < 1 or num_latents < 1:
+            raise ValueError(f"channels and num_latents must be positive, got {channels} and {num_latents}.")
+        self.network_spec = network_spec
+        self.channels = channels
+        self.num_latents = num_latents
+        self.flatten = FlattenWeights(network_spec)
+        self.embeddings = nn.Parameter(torch.empty(num_latents, channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embeddings)
+
+    def forward(self, wsfeat: WeightSpaceFeatures) -> Tensor:
+        self.network_spec.check_features(wsfeat, self.channels, where="CrossAttnEncoder")
+        tokens = self.flatten(wsfeat)  # (B, N_params, C)
+        queries = self.embeddings.expand(tokens.shape[0], -1, -1)  # (B, num_latents, C)
+        return F.scaled_dot_product_attention(queries, tokens, tokens)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_latents={self.num_latents}"
+
+
+class CrossAttnDecoder(nn.Module):
+    """Learned per-parameter queries cross-attend to latents and become weight-space features.
+
+    Inverse direction of :class:`CrossAttnEncoder`: one learned query per entry of the network
+    attends to the latents (no position codes, so the result does not depend on their order)
+    and :class:`UnflattenWeights` puts the answers back in place.
+
+    Args:
+        network_spec: the weight space, with every size set.
+        channels: ``C`` of the latents and of the output features.
+        num_params: number of entries of one network; defaults to (and must equal)
+            ``network_spec.get_num_params()``.
+
+    Shapes: latents ``(B, num_latents, C)`` -> features ``(B, C, ...)``.
+    """
+
+    def __init__(self, network_spec: NetworkSpec, channels: int, num_params: int | None = None) -> None:
+        super().__init__()
+        self.unflatten = UnflattenWeights(network_spec)
+        if num_params is not None and num_params != self.unflatten.num_params:
+            raise ValueError(
+                f"CrossAttnDecoder: num_params={num_params} but the network_spec has {self.unflatten.num_params} "
+                "entries; pass network_spec.get_num_params() or leave num_params out."
+            )
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}.")
+        self.network_spec = network_spec
+        self.channels = channels
+        self.num_params = self.unflatten.num_params
+        self.embeddings = nn.Parameter(torch.empty(self.num_params, channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embeddings)
+
+    def forward(self, latents: Tensor) -> WeightSpaceFeatures:
+        if latents.dim() != 3 or latents.shape[-1] != self.channels:
+            raise ValueError(
+                f"CrossAttnDecoder: expected latents (B, num_latents, {self.channels}), "
+                f"got shape {tuple(latents.shape)}."
+            )
+        queries = self.embeddings.expand(latents.shape[0], -1, -1)  # (B, N_params, C)
+        return self.unflatten(F.scaled_dot_product_attention(queries, latents, latents))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_params={self.num_params}"
+
+
+def _linear(linear: nn.Linear, x: Tensor, shift: Tensor | None = None) -> Tensor:
+    """``linear(x + shift)`` over the channel axis: ``(B, C_in, *rest) -> (B, C_out, *rest)``.
+
+    ``shift``, ``(B, C_in)``, is broadcast over ``rest``; it is mapped once, not per entry.
+    """
+    bias = (linear.bias if shift is None else linear(shift)).unsqueeze(-1)  # (C_out, 1) or (B, C_out, 1)
+    weight = linear.weight.expand(x.shape[0], -1, -1)
+    return torch.baddbmm(bias, weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
+
+
+def _num_tokens(kind: str, x: Tensor) -> int:
+    """How many tokens an array gives its neuron layer (see :func:`_tokens`)."""
+    return {"cols": x.shape[-1], "rows": x.shape[-2], "bias": 1}[kind]
+
+
+def _tokens(kind: str, x: Tensor) -> Tensor:
+    """One array's tokens for a neuron layer: ``(B, H, ch, ...) -> (B, H, T_part, ch, n)``.
+
+    ``cols`` of a weight ``(B, H, ch, n, m)`` share its rows' index (``m`` tokens), ``rows``
+    share its columns' index (``n`` tokens), a bias ``(B, H, ch, n)`` is one token.
+    """
+    if kind == "cols":
+        return x.permute(0, 1, 4, 2, 3)
+    if kind == "rows":
+        return x.permute(0, 1, 3, 2, 4)
+    return x.unsqueeze(2)
+
+
+def _untokens(kind: str, o: Tensor) -> Tensor:
+    """Inverse of :func:`_tokens` on attention outputs."""
+    if kind == "cols":
+        return o.permute(0, 1, 3, 4, 2)
+    if kind == "rows":
+        return o.permute(0, 1, 3, 2, 4)
+    return o.squeeze(2)
+
+
+def _group_ids(keys: Iterable[Hashable]) -> list[int]:
+    """Ids of equal keys, numbered by first appearance: ``(9, 9, 1, 9) -> [0, 0, 1, 0]``."""
+    ids: dict[Hashable, int] = {}
+    return [ids.setdefault(k, len(ids)) for k in keys]
