@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["Advance", "ChunkStore", "FinishedChunks", "atomic_write_text", "derive_seed", "run_chunks"]
+__all__ = ["Advance", "ChunkStore", "FinishedChunks", "derive_seed", "run_chunks"]
 
 Advance = Callable[[float], None]
 ComputeChunk = Callable[[int, Advance], dict[str, Tensor]]
@@ -34,7 +34,7 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write_text(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file in the same folder, then renames it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -75,7 +75,7 @@ class ChunkStore:
                     )
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_path, json.dumps(self.config, indent=2, sort_keys=True))
+        _atomic_write_text(config_path, json.dumps(self.config, indent=2, sort_keys=True))
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.dir)!r})"

@@ -368,6 +368,14 @@ def train_chunk(
 ) -> dict[str, Tensor]:
     """Trains networks of one ``train_fraction`` and ``activation`` together; returns their checkpoints.
 
+    Args:
+        network_ids: the networks (their ids key their initialization and training subset).
+        hparams: each network's hyperparameters (:func:`sample_hyperparameters`).
+        config: epochs (``steps``), batch size and build seed.
+        chunk_seed: seeds the minibatch order and dropout masks of the whole chunk.
+        data: the digits, on the device to train on.
+        advance: called with the networks' worth of work done after each epoch.
+
     Returns:
         ``network_id: (N,)``, ``param.<j>: (N, K, *PARAM_SHAPES[j])`` for the ``K =
         len(config.steps)`` checkpoints, and each of :data:`TARGETS`: ``(N, K)``.
@@ -639,7 +647,9 @@ def build_cnn_zoo(
             another configuration).
         small_cnn_zoo_layout: also write ``out/small_cnn_zoo/`` with ``weights.npy``,
             ``layout.csv`` and ``metrics.csv.gz`` in the public Small CNN Zoo layout
-            (readable by :class:`datamodules.small_cnn_zoo.SmallCNNZooDataset` with ``step="last"``).
+            (readable by :class:`datamodules.small_cnn_zoo.SmallCNNZooDataset` with ``step="last"``),
+            atomically, after the Arrow zoo: if the build stops between the two, rerun it with
+            ``overwrite=True`` (the trained chunks are kept, so only the files are written again).
         device: where to train, e.g. ``"cuda"``.
         progress: show a progress bar.
         command: recorded in the provenance (the CLI passes its command line).

@@ -13,6 +13,10 @@ one subfolder per label (PNG/JPG/..., read with Pillow), or a ``.pt`` file holdi
 their own resolution: 8x8 for the digits, where every pixel is data (``size=28`` upsamples
 them bilinearly to the MNIST zoos' grid, at about 12x the cost and with no new detail).
 
+The defaults (300 full-batch Adam steps, learning rate 1e-3) fit the 8x8 digits exactly
+with the ``"nfn"`` variant (PSNR at its 120 dB cap); the ``"dwsnets"`` variant, whose first
+layer starts at low frequencies, reaches about 27-67 dB (median 38) in 300 steps.
+
 Splits are by image (a seeded shuffle, 80/10/10 by default); as in the NFN zoos,
 ``augmented_copies`` extra SIRENs from other random initializations are fit to each
 training image and go to the train split only. Each row's targets are the image's
@@ -359,7 +363,7 @@ def _provenance(images: ImageSet, config: INRZooConfig, psnrs: Tensor, command: 
         f"render with nfn_lab.siren.render(features, {config.variant!r}, size={size})",
         "fitting": f"full-batch Adam (lr {config.lr:g}) for {config.steps} steps on the mean squared error over "
         f"all {size}x{size} pixels; images in {'[-1, 1]' if config.variant == 'nfn' else '[0, 1]'}",
-        "psnr_db": summarize(psnrs.numpy(), np.arange(0, 65, 5)),
+        "psnr_db": summarize(psnrs.numpy(), [0, 20, 30, 40, 50, 60, 80, 100, 120]),  # psnr() caps at 120 dB
     }
 
 
