@@ -305,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nfn-lab zoo`` with ``argv`` (default: ``sys.argv[2:]``); returns the exit status."""
-    args = build_parser().parse_args(sys.argv[2:] if argv is None else list(argv))
+    argv = list(sys.argv[2:] if argv is None else argv)
+    if argv[:1] == ["build"]:  # forwarded whole: argparse's REMAINDER drops a leading option such as --help
+        args = argparse.Namespace(func=_build, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ZooCLIError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:

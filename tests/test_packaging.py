@@ -127,4 +127,4 @@ def test_readme_python_example_runs(index: int) -> None:
 
 def test_readme_gives_the_two_make_commands() -> None:
     commands = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
-    assert commands == ["make demo", "make test"]
+    assert commands == ["make run", "make test"]

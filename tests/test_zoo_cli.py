@@ -180,3 +180,9 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "{info,convert,build}" in done.stdout
+
+
+def test_build_help_is_forwarded(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["zoo", "build", "--help"])
+    assert exit_info.value.code == 0 and "{cnn,inr}" in capsys.readouterr().out

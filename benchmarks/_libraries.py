@@ -1,0 +1,120 @@
+"""The two implementations under comparison, behind one interface.
+
+Both libraries export the same layer names with the same constructor signatures, so a
+network is built once (see :mod:`benchmarks._networks`) from either library's namespace.
+The reference ``nfn`` is never a dependency of nfn-lab: ``setup_reference.sh`` installs it
+into ``benchmarks/.reference``, and :func:`reference` imports it from there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from torch import Tensor
+
+REFERENCE_DIR = Path(__file__).resolve().parent / ".reference"
+REFERENCE_VERSION = "0.1.2"
+
+# Every layer a benchmark case may use; both libraries provide all of them.
+LAYER_NAMES = (
+    "NPLinear",
+    "HNPLinear",
+    "NPAttention",
+    "NPPool",
+    "HNPPool",
+    "TupleOp",
+    "LearnedScale",
+    "ChannelDropout",
+    "GaussianFourierFeatureTransform",
+    "IOSinusoidalEncoding",
+)
+
+
+@dataclass(frozen=True)
+class Library:
+    """One implementation: its layers and its own feature and spec types.
+
+    Attributes:
+        name: ``"ref"`` or ``"ours"``.
+        version: the installed version, for the report.
+        layers: a namespace with every name in :data:`LAYER_NAMES`.
+        features_cls: the library's ``WeightSpaceFeatures`` class.
+        spec_from_features: the library's ``network_spec_from_wsfeat``.
+    """
+
+    name: str
+    version: str
+    layers: SimpleNamespace
+    features_cls: type
+    spec_from_features: Callable[[Any], Any]
+
+    def features(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Any:
+        """Wraps shared tensors ``weights[i]: (B, C, n_out, n_in, *filter)``, ``biases[i]: (B, C, n_out)``."""
+        return self.features_cls(list(weights), list(biases))
+
+
+def _namespace(*modules: Any) -> SimpleNamespace:
+    """Collects :data:`LAYER_NAMES` from ``modules`` (the first that has a name wins)."""
+    found = {}
+    for name in LAYER_NAMES:
+        owner = next((m for m in modules if hasattr(m, name)), None)
+        if owner is None:
+            raise ImportError(f"{name} is in none of {[m.__name__ for m in modules]}.")
+        found[name] = getattr(owner, name)
+    return SimpleNamespace(**found)
+
+
+def ours() -> Library:
+    """nfn-lab, imported from the repository checkout."""
+    layers = importlib.import_module("nfn_lab.layers")
+    attention = importlib.import_module("nfn_lab.layers.attention")
+    weightspace = importlib.import_module("nfn_lab.weightspace")
+    try:
+        version = importlib.metadata.version("nfn-lab")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not pip-installed
+        version = "checkout"
+    return Library(
+        "ours",
+        version,
+        _namespace(layers, attention),
+        weightspace.WeightSpaceFeatures,
+        weightspace.network_spec_from_wsfeat,
+    )
+
+
+def reference(directory: Path = REFERENCE_DIR) -> Library:
+    """The reference ``nfn`` package, imported from ``directory`` (never from site-packages).
+
+    Raises:
+        FileNotFoundError: if ``directory`` has no ``nfn`` package (run ``setup_reference.sh``).
+        ImportError: if the ``nfn`` found is not the one in ``directory`` or not version 0.1.2.
+    """
+    directory = Path(directory).resolve()
+    if not (directory / "nfn" / "__init__.py").is_file():
+        raise FileNotFoundError(
+            f"the reference nfn=={REFERENCE_VERSION} is not installed in {directory}; run "
+            "`bash benchmarks/setup_reference.sh` (or pass --ours-only to time nfn-lab alone)."
+        )
+    sys.path.append(str(directory))  # last, so its top-level `tests` package shadows nothing
+    nfn = importlib.import_module("nfn")
+    if directory not in Path(nfn.__file__).resolve().parents:
+        raise ImportError(
+            f"`import nfn` found {nfn.__file__}, not the copy in {directory}; "
+            "uninstall the other nfn or run the benchmark in a fresh process."
+        )
+    version = importlib.metadata.distribution("nfn").version
+    if version != REFERENCE_VERSION:
+        raise ImportError(
+            f"{directory} holds nfn {version}, the benchmark compares against {REFERENCE_VERSION}; "
+            "rerun `bash benchmarks/setup_reference.sh`."
+        )
+    layers = importlib.import_module("nfn.layers")
+    common = importlib.import_module("nfn.common")
+    return Library("ref", version, _namespace(layers), common.WeightSpaceFeatures, common.network_spec_from_wsfeat)

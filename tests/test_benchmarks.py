@@ -1,0 +1,95 @@
+"""Smoke tests of the benchmark harness (benchmarks/), with nfn-lab only: the reference is never needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+import torch
+
+from benchmarks import _libraries, bench_layers
+from benchmarks._cases import QUICK_CASES, all_cases
+from benchmarks._report import CaseResult, ModeResult
+from benchmarks._timing import Timing, interleaved, plan
+
+
+def test_quick_run_of_one_case_writes_reports(tmp_path):
+    threads = torch.get_num_threads()
+    argv = ["--quick", "--ours-only", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
+    results = bench_layers.main([*argv, "--out", str(tmp_path)])
+
+    assert torch.get_num_threads() == threads  # restored after timing with one thread
+    assert [r.name for r in results] == ["NPLinear cnn-zoo B=8"]
+    (result,) = results
+    assert result.compiled is None  # --quick does not compile
+    assert len(result.eager.timings["ours"].rounds) == 2 and result.eager.ms("ours") > 0
+    assert "ref" not in result.eager.timings and result.eager.ratio is None
+
+    md, csv_path, json_path = (next(tmp_path.glob(f"*_cpu_quick.{ext}")) for ext in ("md", "csv", "json"))
+    text = md.read_text()
+    assert "| NPLinear cnn-zoo B=8 |" in text and torch.__version__ in text
+    (row,) = csv.DictReader(csv_path.open())
+    assert float(row["eager_ours_ms"]) == pytest.approx(result.eager.ms("ours"))
+    data = json.loads(json_path.read_text())
+    assert data["environment"]["threads"] == 1
+    assert data["raw"][0]["eager"]["timings"]["ours"]["rounds"] == list(result.eager.timings["ours"].rounds)
+
+
+def test_quick_subset_names_existing_cases():
+    assert {c.name for c in bench_layers.select_cases(None, quick=True)} == set(QUICK_CASES)
+    assert [c.name for c in bench_layers.select_cases(["*siren B=256"], quick=False)] == [
+        "NPLinear siren B=256",
+        "HNPLinear siren B=256",
+        "NPAttention siren B=256",
+    ]
+
+
+@pytest.mark.parametrize("case", [c for c in all_cases() if c.kind == "network"], ids=lambda c: c.model)
+def test_paper_networks_build_and_run_with_nfn_lab(case):
+    lib = _libraries.ours()
+    weights, biases = case.workload.features(batch=2, channels=case.channels)
+    features = lib.features(weights, biases)
+    model = case.build(lib.layers, lib.spec_from_features(features))
+    out = model(features)
+    if case.model.startswith("edit"):  # weights -> 1-channel weight deltas of the same network
+        assert [w.shape for w in out.weights] == [w.shape for w in weights]
+        assert [b.shape for b in out.biases] == [b.shape for b in biases]
+    else:  # weights -> one prediction per network
+        assert out.shape == (2, 10 if case.model.startswith("classify") else 1)
+
+
+def test_interleaved_times_each_side_and_orders_them():
+    steps = {"slow": lambda: time.sleep(0.004), "fast": lambda: None}
+    timings = interleaved(steps, rounds=3, iters={"slow": 2, "fast": 5}, sync=lambda: None)
+    assert {name: len(t.rounds) for name, t in timings.items()} == {"slow": 3, "fast": 3}
+    assert timings["slow"].min >= 0.004 > timings["fast"].median
+
+
+def test_plan_cuts_rounds_only_for_steps_longer_than_a_round():
+    assert plan({"ref": 0.01, "ours": 0.02}, rounds=7, round_seconds=0.3) == (7, {"ref": 30, "ours": 15})
+    assert plan({"ref": 1.0, "ours": 0.1}, rounds=7, round_seconds=0.3) == (3, {"ref": 1, "ours": 3})
+    with pytest.raises(ValueError, match="rounds"):
+        plan({"ref": 1.0}, rounds=0, round_seconds=0.3)
+
+
+def test_ratio_is_ref_over_ours_of_medians_and_verdict_checks_both_modes():
+    eager = ModeResult({"ref": Timing((0.02, 0.03, 0.05)), "ours": Timing((0.01, 0.02, 0.01))})
+    assert eager.ratio == pytest.approx(3.0) and eager.ratio_of_mins == pytest.approx(2.0)
+    faster = ModeResult({"ref": Timing((0.02,)), "ours": Timing((0.01,))})
+    slower = ModeResult({"ref": Timing((0.01,)), "ours": Timing((0.02,))})
+    failed = ModeResult({"ref": Timing((0.01,))}, errors={"ours": "BackendCompilerFailed: ..."})
+
+    def verdict(target, compiled):
+        return CaseResult("c", "", target, {}, eager, compiled).verdict()
+
+    assert verdict(2.0, faster) == "ok"
+    assert verdict(3.5, faster) == "MISS"  # eager ratio 3 is below the target
+    assert verdict(2.0, slower) == "MISS"  # slower when compiled
+    assert verdict(2.0, failed) == "MISS" and failed.cell("ours") == "failed"
+
+
+def test_missing_reference_points_to_setup_script(tmp_path):
+    with pytest.raises(FileNotFoundError, match="setup_reference.sh"):
+        _libraries.reference(tmp_path)
