@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning.pytorch.utilities import rank_zero_warn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -72,13 +72,25 @@ class BaseTask(L.LightningModule, ABC):
 
     @abstractmethod
     def configure_metrics(self) -> None:
-        """Sets ``self.val_metrics`` and ``self.test_metrics`` (torchmetrics collections)."""
+        """Sets the metrics, usually with :meth:`set_metrics`."""
 
     @abstractmethod
     def compute(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """``(loss, predictions, targets)`` of a batch; metrics are updated with the last two."""
 
     # --- shared machinery -------------------------------------------------------------------------------
+    def set_metrics(self, metrics: MetricCollection) -> None:
+        """Uses ``metrics`` for validation and test, logged as ``val/<name>`` and ``test/<name>``."""
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @staticmethod
+    def select_target(targets: dict[str, Tensor], name: str) -> Tensor:
+        """``targets[name]`` flattened to ``(B,)``, or a KeyError listing what the zoo provides."""
+        if name not in targets:
+            raise KeyError(f"target {name!r} not in the batch; the zoo provides {sorted(targets)}.")
+        return targets[name].view(-1)
+
     def forward(self, wsfeat: WeightSpaceFeatures) -> Any:
         return self.model(wsfeat)
 

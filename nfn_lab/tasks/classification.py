@@ -45,14 +45,11 @@ class ClassifyINRTask(BaseTask):
 
     def configure_metrics(self) -> None:
         metrics = MetricCollection({"accuracy": MulticlassAccuracy(self.num_classes, average="micro")})
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics(metrics)
 
     def compute(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         wsfeat, targets = batch
-        if self.target not in targets:
-            raise KeyError(f"target {self.target!r} not in the batch; the zoo provides {sorted(targets)}.")
-        y = targets[self.target].long().view(-1)
+        y = self.select_target(targets, self.target).long()
         logits = self(wsfeat)
         if logits.shape[-1] != self.num_classes:
             raise ValueError(

@@ -115,8 +115,7 @@ class EditINRTask(BaseTask):
         metrics = MetricCollection(
             {"mse": MeanSquaredError(), "mse_pm1": _ScaledMSE(4.0 / width**2), "mse_01": _ScaledMSE(1.0 / width**2)}
         )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics(metrics)
 
     def _to01(self, images: Tensor) -> Tensor:
         lo, hi = _OUTPUT_RANGE[self.variant]

@@ -54,14 +54,11 @@ class PredictGeneralizationTask(BaseTask):
         metrics = MetricCollection(
             {"kendall_tau": KendallRankCorrCoef(), "r2": R2Score(), "l1": MeanAbsoluteError()}
         )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics(metrics)
 
     def compute(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         wsfeat, targets = batch
-        if self.target not in targets:
-            raise KeyError(f"target {self.target!r} not in the batch; the zoo provides {sorted(targets)}.")
-        y = targets[self.target].float().view(-1)
+        y = self.select_target(targets, self.target).float()
         pred = self(wsfeat).view(-1).float()  # float32 also under bf16/fp16 autocast
         if self.loss_kind == "bce" and ((pred < 0) | (pred > 1)).any():
             raise ValueError("loss='bce' needs outputs in [0, 1]: build the backbone with sigmoid=True or use loss='mse'.")
