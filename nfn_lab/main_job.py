@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfn_lab.main_job", description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=REPO / "data" / "digits_cnn_zoo", help="the zoo's folder")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "main_job", help="where runs are logged")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs per model (default: 10)")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs per model (default: 6)")
     parser.add_argument("--num-networks", type=int, default=1024, help="networks in a newly built zoo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wandb", choices=("offline", "online", "disabled"), default="offline")

@@ -40,7 +40,7 @@ def default_loggers(save_dir: str, name: str, wandb_mode: str) -> list[Logger]:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
-            WandbLogger(save_dir=loggers[0].log_dir, project="nfn-lab", name=name, offline=wandb_mode == "offline")
+            WandbLogger(save_dir=save_dir, project="nfn-lab", name=name, offline=wandb_mode == "offline")
         )
     return loggers
 

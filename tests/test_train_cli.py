@@ -92,4 +92,4 @@ def test_wandb_offline_logs_locally(config, tmp_path, monkeypatch):
     cli = _fit(config, tmp_path / "runs", "--wandb", "offline", "--trainer.max_epochs", "1")
     loggers = {type(lg).__name__ for lg in cli.trainer.loggers}
     assert loggers == {"CSVLogger", "WandbLogger"}
-    assert list(Path(cli.trainer.loggers[0].log_dir).rglob("offline-run-*"))
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))

@@ -1,5 +1,6 @@
 """NF-layers: equivariant and invariant maps on weight-space features."""
 
+from nfn_lab.layers.attention import CrossAttnDecoder, CrossAttnEncoder, NPAttention
 from nfn_lab.layers.encoding import GaussianFourierFeatureTransform, IOSinusoidalEncoding, LearnedPosEmbedding
 from nfn_lab.layers.linear import ChannelLinear, HNPLinear, NPLinear, Pointwise
 from nfn_lab.layers.misc import FlattenWeights, LearnedScale, ResBlock, StatFeaturizer, TupleOp, UnflattenWeights
@@ -7,6 +8,9 @@ from nfn_lab.layers.norm import ChannelDropout, ChannelLayerNorm, ParamLayerNorm
 from nfn_lab.layers.pooling import HNPPool, NPPool
 
 __all__ = [
+    "CrossAttnDecoder",
+    "CrossAttnEncoder",
+    "NPAttention",
     "ChannelDropout",
     "ChannelLayerNorm",
     "ChannelLinear",

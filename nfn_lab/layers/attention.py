@@ -184,7 +184,7 @@ class NPAttention(nn.Module):
             parts = [part for layer_parts in layers for part in layer_parts]
             # (B, H, G * T, ch, n) -> (B, H * G, T, ch * n), for queries, keys and values.
             q, k, v = (
-                torch.cat([_tokens(kind, qkv_heads[a][s]) for kind, a in parts], dim=2).view(
+                torch.cat([_tokens(kind, qkv_heads[a][s]) for kind, a in parts], dim=2).reshape(
                     batch, -1, num_tokens, head_channels * n
                 )
                 for s in range(3)
