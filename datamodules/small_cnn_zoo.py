@@ -28,7 +28,7 @@ train and val. Without an index CSV the same rule applies to the file's own row 
 Rows are read with positioned reads (``os.preadv``) into a buffer per batch, never by
 loading or mapping the whole array, so memory stays constant whatever the zoo's size
 (a memory map would keep every page it touched resident; see
-``benchmarks/README_zoo_loading.md``). :meth:`SmallCNNZooDataset.read_batch` reads a
+``benchmarks/README.md``). :meth:`SmallCNNZooDataset.read_batch` reads a
 batch without per-network objects; ``__getitems__`` builds the DataLoader's items from it.
 Finding the non-finite rows takes one chunked pass over ``weights.npy``; its result is
 cached beside the zoo (or in ``$NFN_LAB_CACHE`` if the folder is read-only).
