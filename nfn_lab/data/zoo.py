@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nfn_lab.data.stats import WeightStats, cached_weight_stats
 from nfn_lab.data.transforms import Compose, Normalize
@@ -32,6 +32,7 @@ __all__ = [
     "BatchedZooView",
     "EpochBatchSampler",
     "EpochShuffleSampler",
+    "EvalBatchSampler",
     "EvalDistributedSampler",
     "check_finite",
     "make_item",
@@ -56,7 +57,9 @@ def check_finite(arrays: Sequence[Tensor], where: str) -> None:
             )
 
 
-def make_item(weights: Sequence[Tensor], biases: Sequence[Tensor], targets: Targets, transform: Transform | None) -> Item:
+def make_item(
+    weights: Sequence[Tensor], biases: Sequence[Tensor], targets: Targets, transform: Transform | None
+) -> Item:
     """One network's item: arrays ``(n_out, n_in, *filter)`` get the channel axis, then ``transform``."""
     feats = WeightSpaceFeatures([w.unsqueeze(0) for w in weights], [b.unsqueeze(0) for b in biases])  # (1, ...)
     return (feats if transform is None else transform(feats)), targets
@@ -199,6 +202,26 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_items
+
+
+class EvalBatchSampler(EvalDistributedSampler):
+    """Batches (lists of indices) of this process's unpadded shard, in order.
+
+    A DistributedSampler subclass, so Lightning does not re-shard it under DDP; with one
+    process it yields the whole split.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int) -> None:
+        distributed = _distributed()
+        super().__init__(dataset, num_replicas=None if distributed else 1, rank=None if distributed else 0)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        shard = list(super().__iter__())
+        return iter([shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
 
 
 def _distributed() -> bool:
@@ -346,16 +369,20 @@ class ZooDataModule(L.LightningDataModule, ABC):
         kwargs: dict[str, Any] = dict(
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0
         )
-        batch_size = self.batch_size if train else self.eval_batch_size
-        if train:
-            sampler: torch.utils.data.Sampler = EpochShuffleSampler(len(dataset), self.seed)
-        else:
-            sampler = EvalDistributedSampler(dataset) if _distributed() else SequentialSampler(range(len(dataset)))
-        if self._augments(split):
-            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **kwargs)
         normalizer = self._normalizer()
-        batches = EpochBatchSampler(sampler, batch_size, drop_last=False)
         view = BatchedZooView(dataset, None if normalizer is None else functools.partial(normalizer, lead=2))
+        if not train:
+            return DataLoader(
+                view,
+                sampler=EvalBatchSampler(dataset, self.eval_batch_size),
+                batch_size=None,
+                collate_fn=_unwrap,
+                **kwargs,
+            )
+        sampler = EpochShuffleSampler(len(dataset), self.seed)
+        if self._augments(split):
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate, **kwargs)
+        batches = EpochBatchSampler(sampler, self.batch_size, drop_last=False)
         return DataLoader(view, sampler=batches, batch_size=None, collate_fn=_unwrap, **kwargs)
 
     def train_dataloader(self) -> DataLoader:

@@ -34,7 +34,6 @@ def _trainer(root, **kwargs):
     return L.Trainer(**{**defaults, **kwargs})
 
 
-@pytest.mark.slow
 def test_ddp_metrics_equal_single_process(tmp_path):
     dm, task = _setup(tmp_path)
     single_val = _trainer(tmp_path).validate(task, datamodule=dm, verbose=False)[0]
@@ -49,7 +48,6 @@ def test_ddp_metrics_equal_single_process(tmp_path):
             assert multi[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
 
 
-@pytest.mark.slow
 def test_ddp_training_runs(tmp_path):
     dm, task = _setup(tmp_path)
     before = [p.detach().clone() for p in task.parameters()]
