@@ -28,6 +28,7 @@ from nfn_lab.weightspace import WeightSpaceFeatures
 __all__ = [
     "SpaceKind",
     "SPACE_KINDS",
+    "SPACES",
     "example_features",
     "assert_equivariant",
     "assert_invariant",
@@ -39,6 +40,8 @@ __all__ = [
 
 SpaceKind = Literal["mlp", "conv1d", "conv2d", "conv3d"]
 SPACE_KINDS: tuple[SpaceKind, ...] = ("mlp", "conv1d", "conv2d", "conv3d")
+# Every weight-space kind with 1 to 4 layers: the parametrization of the layer tests.
+SPACES: tuple[tuple[SpaceKind, int], ...] = tuple((kind, n) for kind in SPACE_KINDS for n in (1, 2, 3, 4))
 _FILTERS: dict[str, tuple[int, ...]] = {"mlp": (), "conv1d": (3,), "conv2d": (2, 3), "conv3d": (2, 1, 2)}
 _DEFAULT_WIDTHS = (3, 4, 5, 4, 3, 4, 5)
 

@@ -12,7 +12,7 @@ from nfn_lab.layers.encoding import (
     fourier_encode,
 )
 from nfn_lab.testing import (
-    SPACE_KINDS,
+    SPACES,
     assert_equivariant,
     assert_sensitive,
     example_features,
@@ -20,7 +20,6 @@ from nfn_lab.testing import (
 )
 from nfn_lab.weightspace import NetworkSpec, network_spec_from_wsfeat
 
-SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
 CHANNELS = 2
 
 

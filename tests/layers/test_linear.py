@@ -7,7 +7,7 @@ from torch import nn
 from nfn_lab.layers import ChannelLinear, HNPLinear, NPLinear, Pointwise
 from nfn_lab.symmetry import feature_layer_sizes
 from nfn_lab.testing import (
-    SPACE_KINDS,
+    SPACES,
     assert_equivariant,
     assert_sensitive,
     count_orbits,
@@ -17,7 +17,6 @@ from nfn_lab.testing import (
 )
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
-SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
 LAYERS = {
     "np": lambda spec, c_in, c_out: NPLinear(spec, c_in, c_out),
     "np_io_embed": lambda spec, c_in, c_out: NPLinear(spec, c_in, c_out, io_embed=True),

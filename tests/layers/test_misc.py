@@ -8,7 +8,7 @@ from nfn_lab.layers.linear import NPLinear
 from nfn_lab.layers.misc import FlattenWeights, LearnedScale, ResBlock, StatFeaturizer, TupleOp, UnflattenWeights
 from nfn_lab.layers.norm import SimpleLayerNorm
 from nfn_lab.testing import (
-    SPACE_KINDS,
+    SPACES,
     assert_equivariant,
     assert_invariant,
     assert_sensitive,
@@ -17,7 +17,6 @@ from nfn_lab.testing import (
 )
 from nfn_lab.weightspace import network_spec_from_wsfeat
 
-SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
 CHANNELS = 3
 
 

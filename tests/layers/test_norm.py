@@ -8,6 +8,7 @@ from nfn_lab.layers.norm import ChannelDropout, ChannelLayerNorm, ParamLayerNorm
 from nfn_lab.symmetry import feature_layer_sizes, permute_features, sample_permutations
 from nfn_lab.testing import (
     SPACE_KINDS,
+    SPACES,
     assert_equivariant,
     assert_sensitive,
     example_features,
@@ -15,7 +16,6 @@ from nfn_lab.testing import (
 )
 from nfn_lab.weightspace import network_spec_from_wsfeat
 
-SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
 CHANNELS = 3
 
 

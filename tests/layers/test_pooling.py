@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from nfn_lab.layers import HNPPool, NPPool
-from nfn_lab.testing import SPACE_KINDS, assert_invariant, assert_sensitive, example_features, non_group_transforms
+from nfn_lab.testing import SPACES, assert_invariant, assert_sensitive, example_features, non_group_transforms
 from nfn_lab.weightspace import network_spec_from_wsfeat
 
-SPACES = [(kind, num_layers) for kind in SPACE_KINDS for num_layers in (1, 2, 3, 4)]
 
 
 @pytest.mark.parametrize("cls,group", [(NPPool, "np"), (HNPPool, "hnp")])
