@@ -1,4 +1,4 @@
-"""DDP on CPU (2 processes, gloo): training runs, and evaluation metrics on an odd-sized split
+"""DDP on CPU (2 processes, gloo, forked: a spawned child can abort in gloo teardown at exit): training runs, and evaluation metrics on an odd-sized split
 equal the single-process metrics exactly (no sample repeated or dropped)."""
 
 import functools
@@ -38,7 +38,7 @@ def test_ddp_metrics_equal_single_process(tmp_path):
     dm, task = _setup(tmp_path)
     single_val = _trainer(tmp_path).validate(task, datamodule=dm, verbose=False)[0]
     single_test = _trainer(tmp_path).test(task, datamodule=dm, verbose=False)[0]
-    ddp = dict(devices=2, strategy="ddp_spawn")
+    ddp = dict(devices=2, strategy="ddp_fork")
     multi_val = _trainer(tmp_path, **ddp).validate(task, datamodule=dm, verbose=False)[0]
     multi_test = _trainer(tmp_path, **ddp).test(task, datamodule=dm, verbose=False)[0]
     for single, multi in ((single_val, multi_val), (single_test, multi_test)):
@@ -51,5 +51,5 @@ def test_ddp_metrics_equal_single_process(tmp_path):
 def test_ddp_training_runs(tmp_path):
     dm, task = _setup(tmp_path)
     before = [p.detach().clone() for p in task.parameters()]
-    _trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=2).fit(task, datamodule=dm)
+    _trainer(tmp_path, devices=2, strategy="ddp_fork", max_epochs=2).fit(task, datamodule=dm)
     assert any(not torch.equal(a, b) for a, b in zip(before, task.parameters()))
