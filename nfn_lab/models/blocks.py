@@ -3,7 +3,6 @@ and input normalization stored with the model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -164,7 +163,3 @@ class Backbone(nn.Module):
         """Checks the input against ``network_spec`` and normalizes it if configured."""
         self.network_spec.check_features(wsfeat, where=type(self).__name__)
         return wsfeat if self.input_norm is None else self.input_norm(wsfeat)
-
-
-def as_tuple(channels: int | Sequence[int]) -> tuple[int, ...]:
-    return (channels,) if isinstance(channels, int) else tuple(channels)
