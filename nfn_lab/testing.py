@@ -33,6 +33,7 @@ __all__ = [
     "assert_equivariant",
     "assert_invariant",
     "assert_sensitive",
+    "assert_runs_under_autocast",
     "non_group_transforms",
     "count_orbits",
     "jacobian_rank",
@@ -199,6 +200,24 @@ def assert_sensitive(
     rhs = transform(out) if equivariant else out
     if _close(lhs, rhs, atol, rtol):
         raise AssertionError(f"{_name(fn)} is unchanged by a transform outside the group; it ignores structure.")
+
+
+def assert_runs_under_autocast(
+    layer: nn.Module, wsfeat: WeightSpaceFeatures, dtype: torch.dtype = torch.bfloat16, atol: float = 0.1, rtol: float = 0.05
+) -> None:
+    """Asserts a layer runs forward and backward under CPU autocast, close to its float32 output,
+    with float32 parameter gradients."""
+    expected = layer(wsfeat)
+    with torch.autocast("cpu", dtype=dtype):
+        out = layer(wsfeat)
+        loss = sum(t.float().square().sum() for t in (*out.weights, *out.biases))
+    loss.backward()
+    if out.weights[-1].dtype != dtype:
+        raise AssertionError(f"{_name(layer)} returned {out.weights[-1].dtype} under {dtype} autocast.")
+    for got, want in zip((*out.weights, *out.biases), (*expected.weights, *expected.biases)):
+        torch.testing.assert_close(got.float(), want, atol=atol, rtol=rtol)
+    if not all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters()):
+        raise AssertionError(f"{_name(layer)} left a parameter without a float32 gradient under autocast.")
 
 
 def _name(fn: Any) -> str:

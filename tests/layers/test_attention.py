@@ -13,6 +13,7 @@ from nfn_lab.testing import (
     SPACE_KINDS,
     assert_equivariant,
     assert_invariant,
+    assert_runs_under_autocast,
     assert_sensitive,
     example_features,
     non_group_transforms,
@@ -142,14 +143,7 @@ def test_chained_layers_accept_strided_outputs():
 def test_runs_under_bf16_autocast(share_projections):
     x = example_features("conv2d", 3, batch_size=4, channels=CHANNELS)
     layer = NPAttention(network_spec_from_wsfeat(x), CHANNELS, HEADS, share_projections=share_projections)
-    expected = layer(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x)
-        loss = sum(t.float().square().sum() for t in (*out.weights, *out.biases))
-    loss.backward()
-    assert out.weights[1].dtype == torch.bfloat16
-    torch.testing.assert_close(out.weights[1].float(), expected.weights[1], atol=0.1, rtol=0.05)
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+    assert_runs_under_autocast(layer, x)
 
 
 @pytest.mark.slow
