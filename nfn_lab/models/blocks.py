@@ -52,16 +52,24 @@ def layer_norm(kind: LayerNormKind | None, network_spec: NetworkSpec, channels: 
 
 
 def input_encoding(
-    kind: InputEncoding | None, io_encoding: bool, network_spec: NetworkSpec, in_channels: int, channels: int
+    kind: InputEncoding | None,
+    io_encoding: bool,
+    network_spec: NetworkSpec,
+    in_channels: int,
+    channels: int,
+    fourier_features: int = 256,
+    fourier_scale: float = 10.0,
 ) -> tuple[list[nn.Module], int]:
     """Layers that lift raw weights to richer per-entry features, and the channels they output.
 
-    ``gaussian``: random Fourier features of each entry; ``pointwise``: a learned per-entry
-    linear map to ``channels``; ``io_encoding``: sinusoidal codes of the input/output neurons.
+    ``gaussian``: ``fourier_features`` random Fourier features (frequencies of scale
+    ``fourier_scale``) of each entry, giving ``2 * fourier_features`` channels; ``pointwise``:
+    a learned per-entry linear map to ``channels``; ``io_encoding``: sinusoidal codes of the
+    input/output neurons.
     """
     layers: list[nn.Module] = []
     if kind == "gaussian":
-        enc = GaussianFourierFeatureTransform(network_spec, in_channels)
+        enc = GaussianFourierFeatureTransform(network_spec, in_channels, fourier_features, fourier_scale)
         layers.append(enc)
         in_channels = enc.out_channels
     elif kind == "pointwise":

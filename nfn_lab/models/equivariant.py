@@ -28,6 +28,7 @@ class EquivariantNFN(Backbone):
         layer_norm: ``"simple"``, ``"param"`` or None inside the residual blocks.
         dropout: dropout on the residual branches.
         input_encoding: ``"gaussian"`` (the paper), ``"pointwise"`` or None.
+        fourier_features, fourier_scale: size and frequency scale of the ``"gaussian"`` encoding.
         io_encoding: append sinusoidal input/output neuron codes.
         normalize: standardize inputs with stored statistics.
         in_channels: channels of the input features.
@@ -47,13 +48,17 @@ class EquivariantNFN(Backbone):
         dropout: float = 0.0,
         input_encoding: InputEncoding | None = "gaussian",
         io_encoding: bool = False,
+        fourier_features: int = 256,
+        fourier_scale: float = 10.0,
         normalize: bool = False,
         in_channels: int = 1,
     ) -> None:
         super().__init__(network_spec, normalize, in_channels)
         if hidden_layers < 1:
             raise ValueError(f"hidden_layers must be at least 1, got {hidden_layers}.")
-        layers, channels = blocks.input_encoding(input_encoding, io_encoding, network_spec, in_channels, hidden_channels)
+        layers, channels = blocks.input_encoding(
+            input_encoding, io_encoding, network_spec, in_channels, hidden_channels, fourier_features, fourier_scale
+        )
         layers += [equivariant_layer(mode, network_spec, channels, hidden_channels), TupleOp(nn.ReLU())]
         for _ in range(hidden_layers - 1):
             layers.append(

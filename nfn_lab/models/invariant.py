@@ -31,6 +31,7 @@ class InvariantNFN(Backbone):
         feature_dropout: channel dropout after each NF-layer.
         layer_norm: ``"simple"``, ``"param"`` or None, after each NF-layer.
         input_encoding: ``"gaussian"``, ``"pointwise"`` or None, before the first NF-layer.
+        fourier_features, fourier_scale: size and frequency scale of the ``"gaussian"`` encoding.
         io_encoding: append sinusoidal codes of the input/output neurons (NP with io position encoding).
         append_stats: concatenate StatFeaturizer's statistics to the pooled features.
         sigmoid: squash the output into (0, 1) (e.g. for accuracies).
@@ -54,6 +55,8 @@ class InvariantNFN(Backbone):
         layer_norm: LayerNormKind | None = None,
         input_encoding: InputEncoding | None = None,
         io_encoding: bool = False,
+        fourier_features: int = 256,
+        fourier_scale: float = 10.0,
         append_stats: bool = False,
         sigmoid: bool = False,
         normalize: bool = False,
@@ -62,7 +65,9 @@ class InvariantNFN(Backbone):
         super().__init__(network_spec, normalize, in_channels)
         if not hidden_channels:
             raise ValueError("hidden_channels needs at least one NF-layer.")
-        layers, channels = blocks.input_encoding(input_encoding, io_encoding, network_spec, in_channels, hidden_channels[0])
+        layers, channels = blocks.input_encoding(
+            input_encoding, io_encoding, network_spec, in_channels, hidden_channels[0], fourier_features, fourier_scale
+        )
         for out in hidden_channels:
             layers.append(equivariant_layer(mode, network_spec, channels, out))
             norm = blocks.layer_norm(layer_norm, network_spec, out)

@@ -101,3 +101,12 @@ def test_bad_configuration_errors(x):
         InvariantNFN(_spec(x), hidden_channels=())
     with pytest.raises(ValueError, match="unknown head"):
         NFT(_spec(x), head="sideways")
+
+
+def test_fourier_encoding_size_and_scale_are_configurable(x):
+    model = InvariantNFN(
+        _spec(x), hidden_channels=(4,), head_hidden=8, input_encoding="gaussian", fourier_features=16, fourier_scale=3.0
+    ).double()
+    encoding = model.features[0]
+    assert encoding.out_channels == 32 and encoding.scale == 3.0
+    assert_invariant(model.eval(), x, group="hnp")
