@@ -187,6 +187,8 @@ class ArrowZooDataModule(ZooDataModule):
             larger than the disk); see the module docstring for shuffling and sharding.
         shuffle_buffer: networks in the training stream's shuffle buffer (streaming only).
         cache_dir: where ``datasets`` caches Parquet/Hub data converted to Arrow.
+        where: keep only rows whose metadata columns equal these values, e.g.
+            ``{"is_final": true}`` for the last checkpoint of every network (map-style only).
         **kwargs: :class:`~nfn_lab.data.zoo.ZooDataModule` options (``batch_size``,
             ``normalize``, ``augment``, ...).
     """
@@ -198,11 +200,15 @@ class ArrowZooDataModule(ZooDataModule):
         streaming: bool = False,
         shuffle_buffer: int = 1000,
         cache_dir: str | os.PathLike | None = None,
+        where: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
+        if where and streaming:
+            raise ValueError("`where` filters an indexed zoo; it is not available with streaming=True.")
         self.source = os.fspath(root)  # kept as given: Path() would mangle "hf://datasets/..."
         self.target, self.streaming, self.shuffle_buffer, self.cache_dir = target, streaming, shuffle_buffer, cache_dir
+        self.where = dict(where or {})
 
     @cached_property
     def info(self) -> ZooInfo:
@@ -231,13 +237,26 @@ class ArrowZooDataModule(ZooDataModule):
     ) -> ArrowZooDataset | ArrowZooStream:
         if self.streaming:
             return ArrowZooStream(self._open(split, streaming=True), self.info, self.target, transform)
-        return ArrowZooDataset(self._open(split, streaming=False), self.info, self.target, transform)
+        return ArrowZooDataset(self._select(self._open(split, streaming=False)), self.info, self.target, transform)
+
+    def _select(self, table: datasets.Dataset) -> datasets.Dataset:
+        """The rows matching :attr:`where` (one vectorized pass over the named metadata columns)."""
+        unknown = [c for c in self.where if c not in self.info.metadata_columns]
+        if unknown:
+            raise ValueError(f"`where` names {unknown}, not metadata columns of this zoo: {list(self.info.metadata_columns)}.")
+        if not self.where:
+            return table
+        columns = table.with_format("numpy", columns=list(self.where))[:]
+        keep = np.ones(len(table), dtype=bool)
+        for column, value in self.where.items():
+            keep &= np.asarray(columns[column]) == value
+        return table.select(np.flatnonzero(keep))
 
     def stats_key(self) -> str:
         local, hub_id = locate_zoo(self.source)
         where = hub_id if local is None else local.resolve()
         created = self.info.provenance.get("created")
-        return f"{type(self).__qualname__}:{where}:{self.info.splits.get('train')}:{created}"
+        return f"{type(self).__qualname__}:{where}:{self.info.splits.get('train')}:{created}:{sorted(self.where.items())}"
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.streaming:

@@ -157,3 +157,17 @@ def test_detect_and_describe(zoo, tmp_path) -> None:
     assert described["splits"] == {"train": 12, "val": 4, "test": 6}
     assert described["num_checkpoints"] == 22 and described["num_networks"] == 6 + 2 + 3
     assert described["network_spec"] == zoo.network_spec and described["targets"] == list(TARGETS)
+
+
+def test_where_keeps_matching_rows(zoo) -> None:
+    dm = ArrowZooDataModule(zoo.root, where={"activation": "tanh"}, batch_size=4)
+    dataset = dm.split_dataset("train")
+    expected = [i for i, a in enumerate(zoo.metadata["train"]["activation"]) if a == "tanh"]
+    assert 0 < len(dataset) == len(expected) < len(zoo.metadata["train"]["activation"])
+    assert dataset.read_metadata(range(len(dataset)))["activation"] == ["tanh"] * len(expected)
+    first = zoo.features["train"].weights[0][expected[0]]
+    assert torch.equal(dataset[0][0].weights[0], first)
+    with pytest.raises(ValueError, match="not metadata columns"):
+        ArrowZooDataModule(zoo.root, where={"nope": 1}).split_dataset("train")
+    with pytest.raises(ValueError, match="streaming"):
+        ArrowZooDataModule(zoo.root, where={"activation": "tanh"}, streaming=True)
