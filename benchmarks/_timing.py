@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,21 @@ import torch
 from torch import Tensor, nn
 
 Step = Callable[[], None]
+
+
+def loader_epoch(loader: Iterable, side: str) -> int:
+    """Iterates a zoo loader once into batched features; returns the number of networks.
+
+    The reference approach (``side == "ref"``) yields ``(weights, biases)`` lists that still
+    have to be wrapped, as its training loops do.
+    """
+    from nfn_lab.weightspace import WeightSpaceFeatures
+
+    count = 0
+    for batch in loader:
+        feats = WeightSpaceFeatures(*batch[0]) if side == "ref" else batch[0]
+        count += feats.batch_size
+    return count
 
 
 def flat_outputs(out: Any) -> list[Tensor]:

@@ -37,10 +37,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._timing import interleaved
+from benchmarks._timing import interleaved, loader_epoch
 from datamodules.nfn_siren import NFNSirenDataModule
-from nfn_lab.data.checkpoint_zoo import CACHE_DIR_NAME
-from nfn_lab.weightspace import WeightSpaceFeatures
+from nfn_lab.data.cache import CACHE_DIR_NAME
 from tests.data.nfn_siren.generate import PREFIX, generate
 
 SIDES = ("ref", "ours per file", "ours array cache")
@@ -77,15 +76,6 @@ def our_loader(root: Path, num: int, batch_size: int, array_cache: bool) -> Data
     return dm.train_dataloader()
 
 
-def epoch(loader: DataLoader, side: str) -> int:
-    """Iterates ``loader`` once into batched features; returns the number of networks."""
-    count = 0
-    for batch in loader:
-        feats = WeightSpaceFeatures(*batch[0]) if side == "ref" else batch[0]
-        count += feats.batch_size
-    return count
-
-
 def measure(root: Path, num: int, batch_size: int, rounds: int) -> dict[str, dict[str, float]]:
     """Setup seconds (first and cached), the array cache's build, and samples/s of every side."""
     results: dict[str, dict[str, float]] = {side: {} for side in SIDES}
@@ -102,8 +92,8 @@ def measure(root: Path, num: int, batch_size: int, rounds: int) -> dict[str, dic
         start = time.perf_counter()
         build()
         results[side]["setup_s"] = time.perf_counter() - start
-        results[side]["samples"] = epoch(loaders[side], side)  # also the warm-up
-    steps = {side: (lambda side=side: epoch(loaders[side], side)) for side in SIDES}
+        results[side]["samples"] = loader_epoch(loaders[side], side)  # also the warm-up
+    steps = {side: (lambda side=side: loader_epoch(loaders[side], side)) for side in SIDES}
     for side, timing in interleaved(steps, rounds, {side: 1 for side in SIDES}, sync=lambda: None).items():
         results[side]["samples_per_s"] = results[side]["samples"] / timing.median
         results[side]["best_samples_per_s"] = results[side]["samples"] / timing.min

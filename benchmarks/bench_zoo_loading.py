@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from benchmarks._timing import loader_epoch
 from datamodules.small_cnn_zoo import FINAL_STEP, SmallCNNZooDataModule, SmallCNNZooDataset, nfn_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 from tests.data.small_cnn_zoo.generate import generate_synthetic
@@ -138,15 +139,6 @@ def batched_loaders(root: Path, batch_size: int) -> dict[str, DataLoader]:
     return loaders
 
 
-def epoch(loader: DataLoader, side: str) -> int:
-    """Iterates ``loader`` once into batched features; returns the number of networks."""
-    count = 0
-    for batch in loader:
-        feats = WeightSpaceFeatures(*batch[0]) if side == "ref" else batch[0]
-        count += feats.batch_size
-    return count
-
-
 BUILDERS: dict[str, Callable[[Path, int], dict[str, DataLoader]]] = {
     "ref": reference_loaders,
     "ours": our_loaders,
@@ -183,7 +175,7 @@ def child(side: str, root: Path, batch_size: int) -> dict[str, float]:
     loaders = BUILDERS[side](root, batch_size)
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
-    samples = sum(epoch(loader, side) for loader in loaders.values())
+    samples = sum(loader_epoch(loader, side) for loader in loaders.values())
     return {
         "baseline_mb": baseline,
         "peak_rss_mb": _peak_rss_mb(),
@@ -204,7 +196,7 @@ def run_child(side: str, root: Path, batch_size: int) -> dict[str, float]:
 def _timed_epoch(loader: DataLoader, side: str) -> tuple[float, float]:
     """Wall-clock and process CPU seconds of one epoch."""
     wall, cpu = time.perf_counter(), time.process_time()
-    epoch(loader, side)
+    loader_epoch(loader, side)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -222,7 +214,7 @@ def throughput(root: Path, batch_size: int, rounds: int) -> dict[str, dict[str, 
         for side, build in BUILDERS.items():
             start = time.perf_counter()
             loaders[side] = build(root, batch_size)["train"]
-            results[side] = {"setup_s": time.perf_counter() - start, "samples": epoch(loaders[side], side)}  # + warm-up
+            results[side] = {"setup_s": time.perf_counter() - start, "samples": loader_epoch(loaders[side], side)}  # + warm-up
         times: dict[str, list[tuple[float, float]]] = {side: [] for side in BUILDERS}
         for r in range(rounds):
             for side in list(BUILDERS) if r % 2 == 0 else reversed(BUILDERS):

@@ -34,13 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfn_lab.data.checkpoint_zoo import (
-    CheckpointLayout,
-    CheckpointZooDataModule,
-    atomic_write,
-    digest,
-    zoo_cache_path,
-)
+from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
+from nfn_lab.data.checkpoint_zoo import CheckpointLayout, CheckpointZooDataModule
 from nfn_lab.weightspace import NetworkSpec
 
 __all__ = ["NFNSirenDataModule", "NFNSirenIndex", "load_index"]

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from nfn_lab.data.checkpoint_zoo import atomic_write, digest, zoo_cache_path
+from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
 from nfn_lab.data.zoo import Transform, ZooDataModule, ZooDataset
 from nfn_lab.weightspace import NetworkSpec
 

@@ -24,20 +24,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from nfn_lab.conversion import module_to_wsfeat, wsfeat_to_modules
+from nfn_lab.digits import Digits, load_digits_split
 from nfn_lab.layers import FlattenWeights, HNPLinear, HNPPool, TupleOp
 from nfn_lab.symmetry import feature_layer_sizes, permute_features, sample_permutations
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate_wsfeat, network_spec_from_wsfeat
 
 __all__ = [
-    "Digits",
     "ZooMember",
     "DemoResult",
-    "load_digits_split",
     "make_classifier",
     "train_classifier",
     "train_zoo",
@@ -50,20 +48,9 @@ __all__ = [
     "main",
 ]
 
-NUM_TRAIN_IMAGES = 1200  # of the 1,797 digits; the other 597 are the zoo's test set
 HIDDEN = 32  # width of the zoo's two hidden layers
 LR_RANGE = (3e-4, 3e-2)  # Adam learning rates of the zoo, sampled log-uniformly
 STEPS_RANGE = (1, 200)  # full-batch training steps of the zoo, sampled log-uniformly
-
-
-@dataclass(frozen=True)
-class Digits:
-    """scikit-learn's digits, pixels scaled to [0, 1]: ``x_*: (N, 64)``, ``y_*: (N,)``."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
 
 
 @dataclass(frozen=True)
@@ -109,16 +96,6 @@ class DemoResult:
         """Mean absolute error of ``predictions`` on the held-out networks."""
         errors = [abs(p - a) for p, a, h in zip(predictions, self.accuracies, self.is_heldout) if h]
         return sum(errors) / len(errors)
-
-
-def load_digits_split(seed: int = 0) -> Digits:
-    """The 1,797 digits bundled with scikit-learn, shuffled and split 1,200 / 597."""
-    x, y = load_digits(return_X_y=True)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x = torch.as_tensor(x, dtype=torch.float32)[order] / 16.0  # (1797, 64), pixels in [0, 1]
-    y = torch.as_tensor(y)[order]  # (1797,)
-    n = NUM_TRAIN_IMAGES
-    return Digits(x[:n], y[:n], x[n:], y[n:])
 
 
 def make_classifier() -> nn.Sequential:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nfn_lab import demo
+from nfn_lab.digits import NUM_TRAIN_IMAGES, Digits, load_digits_split
 from nfn_lab.conversion import module_to_wsfeat
 from nfn_lab.weightspace import collate_wsfeat
 
@@ -21,18 +22,18 @@ def result() -> demo.DemoResult:
 
 
 @pytest.fixture(scope="module")
-def digits() -> demo.Digits:
-    return demo.load_digits_split()
+def digits() -> Digits:
+    return load_digits_split()
 
 
-def test_digits_split_is_disjoint_and_complete(digits: demo.Digits) -> None:
-    assert digits.x_train.shape == (demo.NUM_TRAIN_IMAGES, 64)
+def test_digits_split_is_disjoint_and_complete(digits: Digits) -> None:
+    assert digits.x_train.shape == (NUM_TRAIN_IMAGES, 64)
     assert digits.x_train.shape[0] + digits.x_test.shape[0] == 1797
     assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
     assert set(digits.y_test.tolist()) == set(range(10))
 
 
-def test_training_improves_accuracy(digits: demo.Digits) -> None:
+def test_training_improves_accuracy(digits: Digits) -> None:
     barely = demo.train_classifier(digits, lr=1e-3, steps=1, seed=0)
     trained = demo.train_classifier(digits, lr=1e-2, steps=60, seed=0)
     assert barely.test_accuracy < 0.5 < 0.85 < trained.test_accuracy

@@ -4,7 +4,7 @@ Each network is the Small CNN Zoo's architecture (Unterthiner et al. 2020), 4,97
 parameters: three ``Conv2d(16, 3x3, stride 2)`` with the network's activation and dropout,
 global average pooling, ``Linear(16, 10)``. The zoo trains on the 8x8 digits bundled with
 scikit-learn (no download), pixels scaled to [-1, 1], with the same 1,200 / 597 train/test
-split as :func:`nfn_lab.demo.load_digits_split`; the convolutions pad by 1 so that the
+split as :func:`nfn_lab.digits.load_digits_split`; the convolutions pad by 1 so that the
 8x8 input shrinks to 4x4, 2x2, 1x1 (the real zoo uses valid padding on 28x28/32x32 images).
 
 Hyperparameters are sampled per network as in the Small CNN Zoo (:data:`SEARCH_SPACE`):
@@ -53,7 +53,7 @@ from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
 from nfn_lab.data.arrow_format import StagedDirectory, ZooWriter, check_destination
-from nfn_lab.demo import load_digits_split
+from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = [
@@ -612,7 +612,7 @@ def _provenance(
         "seed": config.seed,
         "config": config.to_dict(),
         "data": "scikit-learn load_digits (8x8, 1,797 images), pixels scaled to [-1, 1]; train pool 1,200 / test 597 "
-        "(nfn_lab.demo.load_digits_split(0)); each network trains on its train_fraction of the pool",
+        "(nfn_lab.digits.load_digits_split(0)); each network trains on its train_fraction of the pool",
         "architecture": "3 x [Conv2d(16, 3x3, stride 2, padding 1), activation, Dropout], global average pooling, "
         "Linear(16, 10); nfn_lab.builders.cnn_zoo.small_cnn(activation)",
         "training": f"epochs over each network's own subset, minibatch {config.batch_size}, cross-entropy plus "

@@ -3,7 +3,7 @@
 Reading such a zoo costs one ``torch.load`` per network. :class:`CheckpointZooDataModule`
 can instead convert the zoo once into an **array cache**: a float32 ``.npy`` file of shape
 ``(networks, parameters)`` beside the zoo (in ``<root>/.nfn_lab_cache/``, or in
-:func:`~nfn_lab.data.stats.default_cache_dir` if the zoo is read-only), one row per
+:func:`~nfn_lab.data.cache.default_cache_dir` if the zoo is read-only), one row per
 checkpoint with its arrays flattened in the order ``W(1), b(1), W(2), b(2), ...``
 (:meth:`WeightSpaceFeatures.flatten`). It is memory-mapped, so a batch is one
 fancy-indexed read whatever the zoo's size. The cache is built by
@@ -16,12 +16,10 @@ detected: rebuild with ``open_array_cache(rebuild=True)`` or delete the cache fo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import uuid
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nfn_lab.data.stats import default_cache_dir
+from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
 from nfn_lab.data.zoo import Targets, Transform, ZooDataModule, ZooDataset, check_finite
 from nfn_lab.weightspace import NetworkSpec, collate
 
@@ -42,44 +40,8 @@ __all__ = [
     "CheckpointLayout",
     "CheckpointZooDataModule",
     "CheckpointZooDataset",
-    "atomic_write",
-    "digest",
     "load_checkpoint",
-    "zoo_cache_path",
 ]
-
-CACHE_DIR_NAME = ".nfn_lab_cache"
-
-
-def digest(lines: Iterable[str]) -> str:
-    """A short hex digest of a sequence of strings (cache keys)."""
-    h = hashlib.sha1()
-    for line in lines:
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()[:16]
-
-
-def zoo_cache_path(root: str | os.PathLike, name: str) -> Path:
-    """``<root>/.nfn_lab_cache/<name>``, or ``default_cache_dir() / name`` if ``root`` is read-only."""
-    root = Path(root)
-    return root / CACHE_DIR_NAME / name if os.access(root, os.W_OK) else default_cache_dir() / name
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write(tmp)`` on a unique temporary file beside ``path``, then renames it to ``path``.
-
-    An interrupted write leaves no file at ``path`` (a stray ``*.tmp*`` at most), and
-    concurrent writers of identical content never see a half-written file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def load_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     """``torch.load(path, map_location="cpu", weights_only=True)``, with errors naming the file."""

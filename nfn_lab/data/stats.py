@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
 from nfn_lab.data.transforms import Normalize
 from nfn_lab.weightspace import WeightSpaceFeatures
 
-__all__ = ["WeightStats", "compute_weight_stats", "cached_weight_stats", "default_cache_dir"]
+__all__ = ["WeightStats", "compute_weight_stats", "cached_weight_stats"]
 
 MIN_STD = 1e-5  # arrays that never vary (e.g. zero biases) are left unscaled
 
@@ -104,36 +103,20 @@ def compute_weight_stats(batches: Iterable, progress: bool = True) -> WeightStat
     return WeightStats(list(wm), list(ws), list(bm), list(bs), networks)
 
 
-def default_cache_dir() -> Path:
-    """``$NFN_LAB_CACHE`` or ``~/.cache/nfn_lab``: used when a zoo's folder is read-only."""
-    return Path(os.environ.get("NFN_LAB_CACHE", Path.home() / ".cache" / "nfn_lab"))
-
-
-def _cache_path(root: Path, key: str) -> Path:
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    beside = root / ".nfn_lab_cache"
-    if os.access(root, os.W_OK):
-        return beside / f"stats-{digest}.json"
-    return default_cache_dir() / f"stats-{digest}.json"
-
-
 def cached_weight_stats(root: str | os.PathLike, key: str, compute: callable, progress: bool = True) -> WeightStats:
-    """Loads statistics cached beside the zoo (or in :func:`default_cache_dir`), else computes and saves them.
+    """Loads statistics cached beside the zoo (see :mod:`nfn_lab.data.cache`), else computes and saves them.
 
     Args:
         root: the zoo's folder.
         key: identifies the split and everything that changes the statistics (files, sizes).
         compute: returns the batches to pass to :func:`compute_weight_stats`.
     """
-    path = _cache_path(Path(root), key)
+    path = zoo_cache_path(root, f"stats-{digest([key])}.json")
     if path.exists():
         try:
             return WeightStats.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError):
             path.unlink()  # a corrupt cache entry is ours to replace
     stats = compute_weight_stats(compute(), progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, **stats.to_dict()}))
-    tmp.replace(path)  # atomic: never a half-written cache file
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"key": key, **stats.to_dict()})))
     return stats

@@ -25,7 +25,7 @@ from nfn_lab.builders.cnn_zoo import (
 )
 from nfn_lab.conversion import module_to_wsfeat, wsfeat_to_modules
 from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
-from nfn_lab.demo import load_digits_split
+from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 CONFIG = CNNZooConfig(num_networks=12, seed=3, steps=(0, 1, 2), chunk_size=2)

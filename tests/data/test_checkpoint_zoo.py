@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 import nfn_lab.data.checkpoint_zoo as checkpoint_zoo
+from nfn_lab.data.cache import atomic_write, zoo_cache_path
 from nfn_lab.data.checkpoint_zoo import (
     ArrayCache,
     CheckpointLayout,
     CheckpointZooDataset,
-    atomic_write,
     load_checkpoint,
-    zoo_cache_path,
 )
 from nfn_lab.weightspace import NetworkSpec
 
