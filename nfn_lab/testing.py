@@ -205,10 +205,10 @@ def assert_sensitive(
 def assert_runs_under_autocast(
     layer: nn.Module, wsfeat: WeightSpaceFeatures, dtype: torch.dtype = torch.bfloat16, atol: float = 0.1, rtol: float = 0.05
 ) -> None:
-    """Asserts a layer runs forward and backward under CPU autocast, close to its float32 output,
-    with float32 parameter gradients."""
+    """Asserts a layer runs forward and backward under autocast on the features' device, close to
+    its float32 output, with float32 parameter gradients."""
     expected = layer(wsfeat)
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(wsfeat.device.type, dtype=dtype):
         out = layer(wsfeat)
         loss = sum(t.float().square().sum() for t in (*out.weights, *out.biases))
     loss.backward()

@@ -101,17 +101,30 @@ def build_plan(
     )
 
 
-def _reductions(plan: MapPlan, xs: Sequence[Tensor]) -> dict[tuple[int, str], Tensor]:
+def _neuron_dims(first: bool, n_kept: int) -> tuple[int, ...]:
+    """Dimensions of the kept neuron axes: ``(B, D, *kept)`` if ``first`` else ``(B, *kept, D)``."""
+    return tuple(range(2, 2 + n_kept)) if first else tuple(range(1, 1 + n_kept))
+
+
+def _features_last(t: Tensor, first: bool) -> Tensor:
+    """A view ``(B, *kept, D)`` of an array in either form."""
+    return t.movedim(1, -1) if first else t
+
+
+def _reductions(plan: MapPlan, forms: Sequence[bool], xs: Sequence[Tensor]) -> dict[tuple[int, str], Tensor]:
+    """Every member input, features last: ``"rows"`` ``(B, n, D)``, ``"cols"`` ``(B, m, D)``, ``"all"`` ``(B, D)``."""
     reduced: dict[tuple[int, str], Tensor] = {}
-    for a, x in enumerate(xs):
-        reduced[a, "self"] = x
+    for a, (first, x) in enumerate(zip(forms, xs)):
         n_kept = len(plan.kept_layers[a])
+        dims = _neuron_dims(first, n_kept)
         if n_kept == 2:
-            reduced[a, "rows"] = x.sum(dim=2).mul_(1 / x.shape[2])  # (B, n_rows, D)
-            reduced[a, "cols"] = x.sum(dim=1).mul_(1 / x.shape[1])  # (B, n_cols, D)
-            reduced[a, "all"] = reduced[a, "rows"].mean(dim=1)  # (B, D)
+            n, m = x.shape[dims[0]], x.shape[dims[1]]
+            reduced[a, "rows"] = _features_last(x.sum(dim=dims[1]).mul_(1 / m), first)
+            reduced[a, "cols"] = _features_last(x.sum(dim=dims[0]).mul_(1 / n), first)
+            reduced[a, "all"] = reduced[a, "rows"].mean(dim=1)
         elif n_kept == 1:
-            reduced[a, "all"] = x.mean(dim=1)  # (B, D)
+            reduced[a, "self"] = _features_last(x, first)
+            reduced[a, "all"] = x.mean(dim=dims[0])
         else:
             reduced[a, "all"] = x
     return reduced
@@ -121,16 +134,30 @@ def _cat(pieces: Sequence[Tensor]) -> Tensor:
     return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
 
 
-def _outer_sum(rows: Tensor, cols: Tensor) -> Tensor:
-    """``out[b, i, j] = rows[b, i] + cols[b, j]``: ``(B, n, D), (B, m, D) -> (B, n, m, D)``.
+def _outer_sum(rows: Tensor, cols: Tensor, first: bool) -> Tensor:
+    """``out[b, i, j] = rows[b, i] + cols[b, j]``: ``(B, n, D), (B, m, D)`` -> ``(B, n, m, D)``, or
+    ``(B, D, n, m)`` if ``first``.
 
     A copy of the expanded rows plus an in-place add is several times faster on CPU than
     ``rows[:, :, None] + cols[:, None]``, whose doubly-broadcast kernel is slow.
     """
-    shape = (rows.shape[0], rows.shape[1], cols.shape[1], rows.shape[2])
-    out = torch.empty(shape, dtype=rows.dtype, device=rows.device)
-    out.copy_(rows.unsqueeze(2).expand(shape))
+    batch, n, d = rows.shape
+    m = cols.shape[1]
+    if first:
+        out = rows.new_empty((batch, d, n, m))
+        out.copy_(rows.transpose(1, 2).unsqueeze(3).expand_as(out))
+        return out.add_(cols.transpose(1, 2).unsqueeze(2))
+    out = rows.new_empty((batch, n, m, d))
+    out.copy_(rows.unsqueeze(2).expand_as(out))
     return out.add_(cols.unsqueeze(1))
+
+
+def _broadcast_add(rows: Tensor, glob: Tensor, first: bool) -> Tensor:
+    """``out[b, i] = rows[b, i] + glob[b]``: ``(B, n, D), (B, D)`` -> ``(B, n, D)``, or ``(B, D, n)`` if ``first``."""
+    if not first:
+        return rows + glob.unsqueeze(1)
+    out = rows.new_empty((rows.shape[0], rows.shape[2], rows.shape[1]))
+    return torch.add(rows.transpose(1, 2), glob.unsqueeze(2), out=out)
 
 
 def _matmul_2d(x: Tensor, w: Tensor) -> Tensor:
@@ -138,31 +165,53 @@ def _matmul_2d(x: Tensor, w: Tensor) -> Tensor:
     return torch.mm(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[1])
 
 
-class EquivariantMapFunction(torch.autograd.Function):
-    """``apply(plan, n_arrays, *xs, *term_weights, *pair_weights, bias) -> ys``.
+def _add_pointwise(out: Tensor, x: Tensor, w: Tensor, first: bool) -> None:
+    """``out += x @ w`` per entry, in place: ``x`` ``(B, n, m, K)`` or ``(B, K, n, m)``, ``w`` ``(K, N)``."""
+    if first:
+        batch = x.shape[0]
+        out.view(batch, w.shape[1], -1).baddbmm_(w.t().expand(batch, -1, -1), x.reshape(batch, w.shape[0], -1))
+    else:
+        out.view(-1, w.shape[1]).addmm_(x.reshape(-1, w.shape[0]), w)
 
-    Shapes: ``xs[a]: (B, *kept_axes, d_in[a])`` -> ``ys[a]: (B, *kept_axes, d_out[a])``;
+
+def _pointwise_weight_grad(x: Tensor, g: Tensor, first: bool) -> Tensor:
+    """``sum over entries of x^T g``: ``(K, N)`` for ``x`` with ``K`` and ``g`` with ``N`` features."""
+    if first:
+        batch = x.shape[0]
+        g3d = g.reshape(batch, g.shape[1], -1)
+        return torch.bmm(x.reshape(batch, x.shape[1], -1), g3d.transpose(1, 2)).sum(dim=0)
+    return torch.mm(x.reshape(-1, x.shape[-1]).t(), g.reshape(-1, g.shape[-1]))
+
+
+class EquivariantMapFunction(torch.autograd.Function):
+    """``apply(plan, forms, *xs, *term_weights, *pair_weights, bias) -> ys``.
+
+    Each array comes in one of two memory forms, given per array by ``forms`` (``True``:
+    features first): ``xs[a]: (B, *kept_axes, d_in[a])`` -> ``ys[a]: (B, *kept_axes, d_out[a])``,
+    or ``(B, d_in[a], *kept_axes)`` -> ``(B, d_out[a], *kept_axes)`` (then ``xs[a]`` must be
+    contiguous). Outputs keep their input's form, so a stack of layers never converts.
     ``term_weights[t]: plan.term_shape(term)``; ``pair_weights[p]: (d_in, d_out)`` of
     ``plan.pairs[p]``; ``bias: (sum(d_out),)``.
     """
 
     @staticmethod
-    def forward(ctx: Any, plan: MapPlan, n_arrays: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, plan: MapPlan, forms: tuple[bool, ...], *tensors: Tensor) -> tuple[Tensor, ...]:
         # Under autocast, compute in the autocast dtype throughout (in-place GEMMs need one dtype).
         device_type = tensors[0].device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             tensors = tuple(t.to(dtype) for t in tensors)
         with torch.autocast(device_type, enabled=False):
-            return EquivariantMapFunction._forward(ctx, plan, n_arrays, tensors)
+            return EquivariantMapFunction._forward(ctx, plan, forms, tensors)
 
     @staticmethod
-    def _forward(ctx: Any, plan: MapPlan, n_arrays: int, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    def _forward(ctx: Any, plan: MapPlan, forms: tuple[bool, ...], tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        n_arrays = len(forms)
         xs = tensors[:n_arrays]
         term_ws = tensors[n_arrays : n_arrays + len(plan.terms)]
         pair_ws = tensors[n_arrays + len(plan.terms) : -1]
         bias = tensors[-1]
-        reduced = _reductions(plan, xs)
+        reduced = _reductions(plan, forms, xs)
 
         parts: list[list[Tensor]] = [[] for _ in xs]  # per output array: global, then per kept axis
         term_inputs = []
@@ -174,22 +223,21 @@ class EquivariantMapFunction(torch.autograd.Function):
                 parts[a].append(part)
 
         ys = []
-        for a, (kept, p) in enumerate(zip(plan.kept_layers, parts)):
+        for kept, first, p in zip(plan.kept_layers, forms, parts):
             glob = p[0]
             if not kept:
                 ys.append(glob.clone())
             elif len(kept) == 1:
-                ys.append(p[1] + glob.unsqueeze(1))
+                ys.append(_broadcast_add(p[1], glob, first))
             else:
                 # Terms arrive in neuron-layer order; the rows' layer is kept[0].
                 by_layer = dict(zip(sorted(kept), p[1:]))
                 rows, cols = by_layer[kept[0]], by_layer[kept[1]]
-                ys.append(_outer_sum(rows + glob.unsqueeze(1), cols))  # (B, n, m, D_out)
+                ys.append(_outer_sum(rows + glob.unsqueeze(1), cols, first))
         for a, w in zip(plan.pairs, pair_ws):
-            d_out = plan.d_out[a]
-            ys[a].view(-1, d_out).addmm_(xs[a].reshape(-1, plan.d_in[a]), w)  # pointwise term, in the GEMM
+            _add_pointwise(ys[a], xs[a], w, forms[a])  # the pointwise term, accumulated by the GEMM
 
-        ctx.plan, ctx.n_arrays = plan, n_arrays
+        ctx.plan, ctx.forms = plan, forms
         ctx.save_for_backward(*xs, *term_ws, *pair_ws, *term_inputs)
         return tuple(ys)
 
@@ -204,26 +252,28 @@ class EquivariantMapFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx: Any, saved: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
         plan: MapPlan = ctx.plan
-        n_arrays, n_terms, n_pairs = ctx.n_arrays, len(plan.terms), len(plan.pairs)
+        forms: tuple[bool, ...] = ctx.forms
+        n_arrays, n_terms, n_pairs = len(forms), len(plan.terms), len(plan.pairs)
         xs = saved[:n_arrays]
         term_ws = saved[n_arrays : n_arrays + n_terms]
         pair_ws = saved[n_arrays + n_terms : n_arrays + n_terms + n_pairs]
         term_inputs = saved[n_arrays + n_terms + n_pairs :]
-        needs = ctx.needs_input_grad[2:]  # skip plan, n_arrays
+        needs = ctx.needs_input_grad[2:]  # skip plan, forms
         needs_x = needs[:n_arrays]
         needs_term_w = needs[n_arrays : n_arrays + n_terms]
         needs_pair_w = needs[n_arrays + n_terms : n_arrays + n_terms + n_pairs]
 
-        # Gradients of each output's broadcast terms: sums of its gradient over the broadcast axes.
-        g_out: dict[tuple[int, str], Tensor] = {}
-        for a, (kept, g) in enumerate(zip(plan.kept_layers, grads)):
+        # Gradients of each output's broadcast terms (features last): sums over the broadcast axes.
+        g_out: dict[tuple[int, str | int], Tensor] = {}
+        for a, (kept, first, g) in enumerate(zip(plan.kept_layers, forms, grads)):
+            dims = _neuron_dims(first, len(kept))
             if len(kept) == 2:
-                g_out[a, kept[0]] = g.sum(dim=2)  # rows' term, (B, n, D)
-                g_out[a, kept[1]] = g.sum(dim=1)  # cols' term, (B, m, D)
+                g_out[a, kept[0]] = _features_last(g.sum(dim=dims[1]), first)  # rows' term, (B, n, D)
+                g_out[a, kept[1]] = _features_last(g.sum(dim=dims[0]), first)  # cols' term, (B, m, D)
                 g_out[a, "global"] = g_out[a, kept[0]].sum(dim=1)
             elif len(kept) == 1:
-                g_out[a, kept[0]] = g
-                g_out[a, "global"] = g.sum(dim=1)
+                g_out[a, kept[0]] = _features_last(g, first)
+                g_out[a, "global"] = g.sum(dim=dims[0])
             else:
                 g_out[a, "global"] = g
 
@@ -244,24 +294,23 @@ class EquivariantMapFunction(torch.autograd.Function):
                 g_red[key_m] = g_red[key_m] + piece if key_m in g_red else piece
 
         x_grads: list[Tensor | None] = []
-        for a, (kept, x) in enumerate(zip(plan.kept_layers, xs)):
+        for a, (kept, first, x) in enumerate(zip(plan.kept_layers, forms, xs)):
+            dims = _neuron_dims(first, len(kept))
             if not needs_x[a]:
                 x_grads.append(None)
             elif len(kept) == 2:
-                n, m = x.shape[1], x.shape[2]
+                n, m = x.shape[dims[0]], x.shape[dims[1]]
                 rows = g_red[a, "rows"] / m + (g_red[a, "all"] / (n * m)).unsqueeze(1)
-                x_grads.append(_outer_sum(rows, g_red[a, "cols"] / n))  # (B, n, m, D_in)
+                x_grads.append(_outer_sum(rows, g_red[a, "cols"] / n, first))
             elif len(kept) == 1:
-                x_grads.append(g_red[a, "self"] + (g_red[a, "all"] / x.shape[1]).unsqueeze(1))
+                x_grads.append(_broadcast_add(g_red[a, "self"], g_red[a, "all"] / x.shape[dims[0]], first))
             else:
                 x_grads.append(g_red[a, "all"].clone())
 
         pair_w_grads: list[Tensor | None] = []
         for a, w, need_w in zip(plan.pairs, pair_ws, needs_pair_w):
-            g2d = grads[a].reshape(-1, plan.d_out[a])
-            x2d = xs[a].reshape(-1, plan.d_in[a])
             if x_grads[a] is not None:
-                x_grads[a].view(-1, plan.d_in[a]).addmm_(g2d, w.t())
-            pair_w_grads.append(torch.mm(x2d.t(), g2d) if need_w else None)
+                _add_pointwise(x_grads[a], grads[a], w.t(), forms[a])
+            pair_w_grads.append(_pointwise_weight_grad(xs[a], grads[a], forms[a]) if need_w else None)
 
         return (None, None, *x_grads, *term_w_grads, *pair_w_grads, bias_grad)

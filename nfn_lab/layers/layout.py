@@ -8,6 +8,12 @@ output neurons under HNP) becomes one feature axis ``D`` in the order
 ``(*fixed_axes, C, *filter)``. Folding is a permute plus reshape; when the features
 were produced by another NF-layer the memory is already in that order and the reshape
 is free. :meth:`ArrayLayout.unfold` is the inverse and returns a (non-copying) view.
+
+Arrays without filters whose folded neuron axes all have size 1 (every array of an MLP
+under NP; all but the first weight under HNP) can also be taken *features first*,
+``(B, D, *kept_axes)``, a free view of contiguous ``(B, C, *neuron_axes)`` features: see
+:meth:`ArrayLayout.takes_features_first`. The NF-layers use that form when the features
+arrive channels-first, which saves the copies in and out of the folded form.
 """
 
 from __future__ import annotations
@@ -56,15 +62,28 @@ class ArrayLayout:
         fixed = [a for a, k in zip(neuron_axes, self.kept) if not k]
         return [0, *kept, *fixed, 1, *range(2 + n, 2 + n + len(self.filter_shape))]
 
-    def fold(self, x: Tensor) -> Tensor:
-        """``(B, C, *neuron_axes, *filter)`` -> ``(B, *kept_axes, D)``."""
+    def takes_features_first(self, x: Tensor) -> bool:
+        """Whether ``x`` folds to ``(B, D, *kept_axes)`` without a copy (contiguous, no filter,
+        folded neuron axes of size 1)."""
+        return not self.filter_shape and all(s == 1 for s in self.fixed_sizes) and x.is_contiguous()
+
+    def fold(self, x: Tensor, features_first: bool = False) -> Tensor:
+        """``(B, C, *neuron_axes, *filter)`` -> ``(B, *kept_axes, D)``, or ``(B, D, *kept_axes)`` (a view)
+        if ``features_first`` (only where :meth:`takes_features_first`)."""
+        if features_first:
+            kept_sizes = [size for size, k in zip(x.shape[2:], self.kept) if k]
+            return x.view(x.shape[0], -1, *kept_sizes)
         order = self._order()
         n_kept = sum(self.kept)
         x = x.permute(order)
         return x.reshape(*x.shape[: 1 + n_kept], -1)
 
-    def unfold(self, y: Tensor, channels: int) -> Tensor:
-        """``(B, *kept_axes, D)`` -> ``(B, channels, *neuron_axes, *filter)`` (a view)."""
+    def unfold(self, y: Tensor, channels: int, features_first: bool = False) -> Tensor:
+        """``(B, *kept_axes, D)`` (or ``(B, D, *kept_axes)`` if ``features_first``) ->
+        ``(B, channels, *neuron_axes, *filter)`` (a view)."""
+        if features_first:
+            kept_sizes = iter(y.shape[2:])
+            return y.view(y.shape[0], channels, *(next(kept_sizes) if k else 1 for k in self.kept))
         order = self._order()
         n_kept = sum(self.kept)
         y = y.view(*y.shape[: 1 + n_kept], *self.fixed_sizes, channels, *self.filter_shape)

@@ -111,16 +111,18 @@ class _PermutationEquivariantLinear(nn.Module):
         """``(B, C_in, ...)`` features -> ``(B, C_out, ...)`` features of the same network."""
         self.network_spec.check_features(wsfeat, self.in_channels, where=type(self).__name__)
         wsfeat = self._preprocess(wsfeat)
-        folded = [layout.fold(x) for layout, x in zip(self._layouts, (*wsfeat.weights, *wsfeat.biases))]
+        arrays = (*wsfeat.weights, *wsfeat.biases)
+        forms = tuple(layout.takes_features_first(x) for layout, x in zip(self._layouts, arrays))
+        folded = [layout.fold(x, first) for layout, x, first in zip(self._layouts, arrays, forms)]
         ys = EquivariantMapFunction.apply(
             self._plan,
-            len(folded),
+            forms,
             *folded,
             *(self.weight[t.name] for t in self._plan.terms),
             *self.pointwise_weight,
             self.bias,
         )
-        out = [layout.unfold(y, self.out_channels) for layout, y in zip(self._layouts, ys)]
+        out = [layout.unfold(y, self.out_channels, first) for layout, y, first in zip(self._layouts, ys, forms)]
         return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])
 
     def extra_repr(self) -> str:

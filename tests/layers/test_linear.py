@@ -155,13 +155,23 @@ def test_compiles():
     torch.testing.assert_close(compiled(x).weights[1], layer(x).weights[1])
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """The same values with the channel axis innermost in memory (as NF-layers output them)."""
+    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+@pytest.mark.parametrize("memory", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
 @pytest.mark.parametrize("kind,num_layers", [("mlp", 1), ("mlp", 3), ("conv1d", 2)])
-def test_fused_backward_matches_numerical_gradient(cls, kind, num_layers):
-    """The hand-written backward (equivariant_map.py) against finite differences, float64."""
+def test_fused_backward_matches_numerical_gradient(cls, kind, num_layers, memory):
+    """The hand-written backward (equivariant_map.py) against finite differences, float64, with
+    the features in either memory form (channels-first inputs are taken features first)."""
     x = example_features(kind, num_layers, batch_size=2, channels=2, layer_sizes=(2, 3, 2, 3, 2)[: num_layers + 1])
     layer = cls(network_spec_from_wsfeat(x), 2, 2).double()
-    arrays = [t.double().requires_grad_() for t in (*x.weights, *x.biases)]
+    arrays = [t.double() for t in (*x.weights, *x.biases)]
+    if memory == "channels_last":
+        arrays = [_channels_last(t) for t in arrays]
+    arrays = [t.requires_grad_() for t in arrays]
 
     def fn(*tensors):
         feats = WeightSpaceFeatures(tensors[:num_layers], tensors[num_layers : 2 * num_layers])
@@ -183,3 +193,26 @@ def test_fused_backward_matches_numerical_gradient(cls, kind, num_layers):
 def test_runs_under_bf16_autocast(cls):
     x = example_features("conv2d", 3, batch_size=4, channels=2)
     assert_runs_under_autocast(cls(network_spec_from_wsfeat(x), 2, 3), x)
+
+
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+@pytest.mark.parametrize("kind,num_layers", [("mlp", 1), ("mlp", 2), ("mlp", 4), ("conv2d", 2)])
+def test_memory_form_changes_nothing_but_speed(cls, kind, num_layers):
+    """Channels-first and channels-last inputs give the same outputs and gradients, and each
+    output keeps its input's memory form, so stacked layers never convert."""
+    x = _features(kind, num_layers, channels=3)
+    layer = cls(network_spec_from_wsfeat(x), 3, 4).double()
+    results = {}
+    for memory in ("channels_first", "channels_last"):
+        arrays = [t.clone() if memory == "channels_first" else _channels_last(t) for t in (*x.weights, *x.biases)]
+        arrays = [t.requires_grad_() for t in arrays]
+        out = layer(WeightSpaceFeatures(arrays[:num_layers], arrays[num_layers:]))
+        outs = (*out.weights, *out.biases)
+        layer.zero_grad()
+        torch.autograd.backward(outs, [torch.ones_like(t) * (i + 1) for i, t in enumerate(outs)])
+        grads = [t.grad for t in arrays] + [p.grad.clone() for p in layer.parameters()]
+        results[memory] = ([o.detach() for o in outs], grads)
+        if memory == "channels_first" and kind == "mlp" and (cls is NPLinear or num_layers > 2):
+            assert outs[1 if cls is NPLinear else num_layers // 2].is_contiguous()  # a weight of two permuted axes
+    for first, last in zip(*(results[m][0] + results[m][1] for m in ("channels_first", "channels_last"))):
+        torch.testing.assert_close(first, last)
