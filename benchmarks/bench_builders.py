@@ -15,8 +15,9 @@ The networks of a CNN case share a training-set size and activation (as a builde
 does) and mix optimizers, learning rates, dropout and L2. Sides are timed in interleaved
 rounds in one process with one thread (the machine may be shared: compare the ratios)::
 
-    python -m benchmarks.bench_builders            # about 5 minutes on 2 cores
-    python -m benchmarks.bench_builders --quick    # seconds: tiny cases, 2 rounds
+    python -m benchmarks.bench_builders                  # about 5 minutes on 2 cores
+    python -m benchmarks.bench_builders --quick          # seconds: tiny cases, 2 rounds
+    python -m benchmarks.bench_builders --device cuda    # both sides on a GPU (timed with synchronization)
 
 Prints a markdown table and writes it to ``benchmarks/results/<date>_builders[_quick].md``.
 """
@@ -67,27 +68,27 @@ def _torch_optimizer(kind: str, params: Any, lr: float) -> torch.optim.Optimizer
 def train_cnns_one_at_a_time(
     ids: Sequence[int], hparams: Sequence[dict[str, Any]], config: CNNZooConfig, data: _Digits
 ) -> list[tuple[float, float]]:
-    """The work of :func:`train_chunk` for ``ids``, one ``nn.Module`` after another.
+    """The work of :func:`train_chunk` for ``ids``, one ``nn.Module`` after another, on ``data``'s device.
 
     Returns:
         ``(accuracy, loss)`` on the test set and on the network's subset, per network and checkpoint.
     """
-    num_pool = len(data.y_train)
+    num_pool, device = len(data.y_train), data.x_train.device
     metrics = []
     for network_id, h in zip(ids, hparams):
         gen = torch.Generator().manual_seed(derive_seed(config.seed, cnn_zoo._STREAM_INIT, network_id))
-        model = small_cnn(h["activation"], h["dropout"])
+        model = small_cnn(h["activation"], h["dropout"]).to(device)
         with torch.no_grad():
             for param, array in zip(model.parameters(), init_network(h, gen)):
                 param.copy_(array)
-        subset = torch.randperm(num_pool, generator=gen)[: max(1, round(h["train_fraction"] * num_pool))]
+        subset = torch.randperm(num_pool, generator=gen)[: max(1, round(h["train_fraction"] * num_pool))].to(device)
         x_own, y_own = data.x_train[subset], data.y_train[subset]
         optimizer = _torch_optimizer(h["optimizer"], model.parameters(), h["learning_rate"])
         kernels = [p for p in model.parameters() if p.dim() > 1]
         for epoch in range(config.steps[-1] + 1):
             if epoch > 0:
                 model.train()
-                for batch in torch.randperm(len(subset), generator=gen).split(config.batch_size):
+                for batch in torch.randperm(len(subset), generator=gen).to(device).split(config.batch_size):
                     loss = F.cross_entropy(model(x_own[batch]), y_own[batch])
                     loss = loss + h["l2reg"] * sum(k.square().sum() for k in kernels)
                     optimizer.zero_grad(set_to_none=True)
@@ -104,7 +105,9 @@ def train_cnns_one_at_a_time(
     return metrics
 
 
-def fit_sirens_one_at_a_time(items: Sequence[tuple[int, int]], images: ImageSet, config: INRZooConfig) -> None:
+def fit_sirens_one_at_a_time(
+    items: Sequence[tuple[int, int]], images: ImageSet, config: INRZooConfig, device: torch.device
+) -> None:
     """The work of :func:`fit_chunk` for ``items``, one :class:`Siren` after another."""
     channels, size = images.images.shape[1], images.images.shape[-1]
     for image_index, copy in items:
@@ -112,8 +115,9 @@ def fit_sirens_one_at_a_time(items: Sequence[tuple[int, int]], images: ImageSet,
         seed = derive_seed(config.seed, inr_zoo._STREAM_INIT, image_index, copy)  # fit_chunk's initialization
         (arrays,) = zip(*init_sirens(config.variant, channels, [seed]))
         model.load_state_dict(dict(zip(model.state_dict(), arrays)))
-        coords = make_coordinates(size, model.indexing)  # (S*S, 2)
-        image = images.images[image_index]
+        model.to(device)
+        coords = make_coordinates(size, model.indexing, device=device)  # (S*S, 2)
+        image = images.images[image_index].to(device)
         target = rearrange(image * 2 - 1 if config.variant == "nfn" else image, "c h w -> (h w) c")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         for _ in range(config.steps):
@@ -156,7 +160,7 @@ def cnn_case(num_networks: int, steps: tuple[int, ...], fraction: float, activat
     )
 
 
-def inr_case(num_networks: int, steps: int, variant: str, images: ImageSet) -> Case:
+def inr_case(num_networks: int, steps: int, variant: str, images: ImageSet, device: torch.device) -> Case:
     config = INRZooConfig(variant=variant, steps=steps)
     items = [(i, 0) for i in range(num_networks)]
     size = images.images.shape[-1]
@@ -164,22 +168,23 @@ def inr_case(num_networks: int, steps: int, variant: str, images: ImageSet) -> C
         f"INR zoo: {num_networks} SIRENs ({variant}) on {size}x{size} digits, {steps} Adam steps",
         num_networks,
         {
-            "one at a time": lambda: fit_sirens_one_at_a_time(items, images, config),
-            "vectorized": lambda: fit_chunk(items, images, config, torch.device("cpu")),
+            "one at a time": lambda: fit_sirens_one_at_a_time(items, images, config, device),
+            "vectorized": lambda: fit_chunk(items, images, config, device),
         },
     )
 
 
-def make_cases(quick: bool) -> list[Case]:
-    data = _Digits.load(torch.device("cpu"))
+def make_cases(quick: bool, device: torch.device) -> list[Case]:
+    """The benchmark's cases, with their data on ``device``."""
+    data = _Digits.load(device)
     digits = load_images("digits")
     if quick:
-        return [cnn_case(4, (0, 1), 0.1, "relu", data), inr_case(8, 10, "nfn", digits)]
+        return [cnn_case(4, (0, 1), 0.1, "relu", data), inr_case(8, 10, "nfn", digits, device)]
     return [
         cnn_case(64, (0, 1, 2, 5, 10), 0.25, "relu", data),
         cnn_case(128, (0, 1, 2, 5, 10), 0.1, "tanh", data),
-        inr_case(256, 100, "nfn", digits),
-        inr_case(256, 100, "dwsnets", digits),
+        inr_case(256, 100, "nfn", digits, device),
+        inr_case(256, 100, "dwsnets", digits, device),
     ]
 
 
@@ -194,26 +199,29 @@ class Measurement:
     cpu: dict[str, Timing]
 
 
-def measure(case: Case, rounds: int) -> Measurement:
+def measure(case: Case, rounds: int, device: torch.device) -> Measurement:
     """Times each side in ``rounds`` interleaved rounds (after one warm-up run each).
 
     On a shared machine the process may get less than a core; its CPU time (one thread)
-    is then the steadier measure of the work each side does.
+    is then the steadier measure of the work each side does. On a GPU each run ends with a
+    synchronization, so both clocks include waiting for the device.
     """
     for run in case.run.values():
         run()
     cpu: dict[str, list[float]] = {side: [] for side in case.run}
+    sync = synchronizer(device)
 
     def with_cpu_time(side: str, run: Callable[[], None]) -> Callable[[], None]:
         def step() -> None:
             start = time.process_time()
             run()
+            sync()
             cpu[side].append(time.process_time() - start)
 
         return step
 
     steps = {side: with_cpu_time(side, run) for side, run in case.run.items()}
-    wall = interleaved(steps, rounds, {side: 1 for side in steps}, synchronizer(torch.device("cpu")))
+    wall = interleaved(steps, rounds, {side: 1 for side in steps}, sync)
     return Measurement(wall, {side: Timing(tuple(times)) for side, times in cpu.items()})
 
 
@@ -240,24 +248,26 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default: 3, quick: 2)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this, e.g. 'INR'")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the markdown result")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cases = [case for case in make_cases(args.quick) if args.only in case.name]
+        cases = [case for case in make_cases(args.quick, args.device) if args.only in case.name]
         results = []
         for case in cases:
-            print(f"timing {case.name} ...", file=sys.stderr)
-            results.append(measure(case, rounds))
+            print(f"timing {case.name} on {args.device} ...", file=sys.stderr)
+            results.append(measure(case, rounds, args.device))
     finally:
         torch.set_num_threads(threads)
-    env = _report.environment(torch.device("cpu"), 1, {}, {"rounds": rounds})
+    env = _report.environment(args.device, 1, {}, {"rounds": rounds})
     text = to_markdown(env, cases, results)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.date.today().isoformat()
-    (args.out / f"{stamp}_builders{'_quick' if args.quick else ''}.md").write_text(text)
+    suffix = ("_quick" if args.quick else "") + ("" if args.device.type == "cpu" else f"_{args.device.type}")
+    (args.out / f"{stamp}_builders{suffix}.md").write_text(text)
     return text
 
 

@@ -16,8 +16,9 @@ in ``steps`` (the ``step`` column, as in the Small CNN Zoo), each with test/trai
 and cross-entropy (train metrics on the network's own subset, without dropout or penalty).
 
 Training is vectorized: a chunk of networks with the same training-set size and activation
-is one batch of stacked parameters ``(N, ...)``, run with ``torch.func.vmap`` (which turns the
-convolutions into grouped ones) and updated by :class:`~nfn_lab.builders._optim.StackedOptimizer`,
+is one batch of stacked parameters ``(N, ...)``, run as grouped convolutions over one
+channels-last map holding every network's channels (:func:`grouped_forward`) and updated by
+:class:`~nfn_lab.builders._optim.StackedOptimizer`,
 so networks with different optimizers and learning rates train together. Chunks are saved
 as they finish (see :mod:`nfn_lab.builders._resumable`); the zoo is written at the end with
 :class:`nfn_lab.data.arrow_format.ZooWriter`.
@@ -37,7 +38,6 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.func import vmap
 
+from nfn_lab.builders._fast_math import tanh
 from nfn_lab.builders._optim import OPTIMIZERS, StackedOptimizer
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
@@ -61,6 +61,7 @@ __all__ = [
     "SEARCH_SPACE",
     "TARGETS",
     "build_cnn_zoo",
+    "grouped_forward",
     "init_network",
     "sample_hyperparameters",
     "small_cnn",
@@ -98,35 +99,62 @@ def small_cnn(activation: str = "relu", dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _forward(params: Sequence[Tensor], x: Tensor, keep: Sequence[Tensor] | None, activation: str) -> Tensor:
-    """One network's logits ``(B, 10)`` for ``x: (B, 1, 8, 8)``: the function of :func:`small_cnn`.
+def _shared_first_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The first convolution of all networks on the same images: ``(B, 1, S, S) -> (B, N * 16, S/2, S/2)``.
+
+    One matrix product of the images' 3x3 patches ``(B * S/2 * S/2, 9)`` with all ``N * 16``
+    kernels (``weight: (N * 16, 1, 3, 3)``), in channels-last memory; oneDNN's convolution with
+    one input and many output channels is about 15x slower.
+    """
+    side = (x.shape[-1] + 1) // 2
+    patches = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2)  # (B, side * side, 9), positions row-major
+    out = torch.addmm(bias, patches.reshape(-1, patches.shape[-1]), weight.flatten(1).T)  # (B * side * side, N * 16)
+    return out.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+def grouped_forward(params: Sequence[Tensor], x: Tensor, keep: Sequence[Tensor] | None, activation: str) -> Tensor:
+    """Logits ``(N, B, 10)`` of ``N`` stacked networks (:func:`small_cnn`'s function), as grouped convolutions.
+
+    Network ``n``'s activations are channels ``16n .. 16n + 15`` of one ``(B, N * 16, s, s)`` map,
+    so each convolution is one ``F.conv2d`` with ``groups=N``.
 
     Args:
-        params: the 8 arrays of :data:`PARAM_SHAPES`.
-        keep: per convolution, a dropout mask already scaled by ``1 / (1 - p)``
-            (``(B, 16, 4, 4)``, ``(B, 16, 2, 2)``, ``(B, 16, 1, 1)``), or None (no dropout).
+        params: the 8 arrays of :data:`PARAM_SHAPES`, stacked ``(N, *shape)``.
+        x: ``(B, 1, 8, 8)``: the same images for every network (the first convolution is then
+            an ordinary one with ``N * 16`` output channels), or ``(B, N, 8, 8)``: image ``b`` of
+            network ``n`` in channel ``n``.
+        keep: per convolution, dropout masks already scaled by ``1 / (1 - p)``, ``(B, N, 16, s, s)``
+            for ``s = 4, 2, 1``, or None (no dropout).
         activation: ``"relu"`` or ``"tanh"``.
     """
-    act = torch.relu if activation == "relu" else torch.tanh
-    h = x
+    act = torch.relu if activation == "relu" else tanh
+    n = params[0].shape[0]
+    h = x.contiguous(memory_format=torch.channels_last)  # oneDNN's grouped convolutions are faster on NHWC
     for i in range(3):
-        h = act(F.conv2d(h, params[2 * i], params[2 * i + 1], stride=2, padding=1))
+        weight, bias = params[2 * i].flatten(0, 1), params[2 * i + 1].flatten()  # (N * 16, c_in, 3, 3), (N * 16,)
+        if i == 0 and x.shape[1] == 1:
+            h = act(_shared_first_conv(x, weight, bias))
+        else:
+            h = act(F.conv2d(h, weight, bias, stride=2, padding=1, groups=h.shape[1] // weight.shape[1]))
         if keep is not None:
-            h = h * keep[i]
-    h = h.mean(dim=(-2, -1))  # (B, 16): global average pooling
-    return F.linear(h, params[6], params[7])
+            h = (h.unflatten(1, (n, CHANNELS)) * keep[i]).flatten(1, 2)
+    pooled = h.mean(dim=(-2, -1)).unflatten(1, (n, CHANNELS))  # (B, N, 16): global average pooling
+    return torch.baddbmm(params[7].unsqueeze(1), pooled.transpose(0, 1), params[6].mT)
 
 
 def stacked_forward(activation: str, shared_images: bool = False, dropout: bool = False) -> Callable[..., Tensor]:
-    """:func:`_forward` vectorized over stacked parameters ``(N, *shape)`` with ``torch.func.vmap``.
+    """:func:`grouped_forward` with network-major inputs: ``(params, x, keep)`` -> logits ``(N, B, 10)``.
 
-    The result maps ``(params, x, keep)`` to logits ``(N, B, 10)``; ``x`` is ``(B, 1, 8, 8)``
-    for every network if ``shared_images`` else ``(N, B, 1, 8, 8)``; ``keep`` (masks
-    ``(N, B, 16, s, s)``) is used if ``dropout``, else pass None.
+    ``x`` is ``(B, 1, 8, 8)`` for every network if ``shared_images`` else ``(N, B, 1, 8, 8)``;
+    ``keep`` (masks ``(N, B, 16, s, s)``) is used if ``dropout``, else pass None.
     """
-    return vmap(
-        partial(_forward, activation=activation), in_dims=(0, None if shared_images else 0, 0 if dropout else None)
-    )
+
+    def forward(params: Sequence[Tensor], x: Tensor, keep: Sequence[Tensor] | None) -> Tensor:
+        images = x if shared_images else x.squeeze(2).transpose(0, 1)  # (B, 1 or N, 8, 8)
+        masks = [m.transpose(0, 1) for m in keep] if dropout and keep is not None else None
+        return grouped_forward(params, images, masks, activation)
+
+    return forward
 
 
 # --- hyperparameters ----------------------------------------------------------------------
@@ -326,36 +354,49 @@ class _Plan:
 # --- training one chunk -------------------------------------------------------------------
 
 
-_EVAL_BATCH = 64  # images per evaluation batch: N networks' activations then stay in cache (2x faster than 512)
+_EVAL_SIZE = 2048  # networks x images per evaluation batch: the activations (2 MB) then stay in cache
 
 
-def _metrics(params: Sequence[Tensor], activation: str, x: Tensor, y: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
+def _metrics(params: Sequence[Tensor], activation: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Accuracy and mean cross-entropy ``(N,)`` per network, in batches, without dropout.
 
-    ``x``: ``(M, 1, 8, 8)`` for every network if ``shared``, else ``(N, M, 1, 8, 8)``; ``y`` likewise.
+    ``x``: ``(M, 1, 8, 8)`` for every network or ``(M, N, 8, 8)`` (see :func:`grouped_forward`);
+    ``y``: ``(M,)`` or ``(N, M)`` likewise.
     """
-    forward = stacked_forward(activation, shared_images=shared)
-    n_nets, num = params[0].shape[0], (x.shape[0] if shared else x.shape[1])
+    n_nets, num = params[0].shape[0], x.shape[0]
+    batch = max(1, _EVAL_SIZE // n_nets)
     correct = torch.zeros(n_nets, device=x.device)
     loss = torch.zeros(n_nets, device=x.device)
     with torch.no_grad():
-        for s in range(0, num, _EVAL_BATCH):
-            stop = s + _EVAL_BATCH
-            xb, yb = (x[s:stop], y[s:stop]) if shared else (x[:, s:stop], y[:, s:stop])
-            logits = forward(params, xb, None)  # (N, b, 10)
-            yb = yb.expand(logits.shape[:2])
+        for s in range(0, num, batch):
+            logits = grouped_forward(params, x[s : s + batch], None, activation)  # (N, b, 10)
+            yb = y[..., s : s + batch].expand(logits.shape[:2])
             correct += (logits.argmax(-1) == yb).sum(-1)
             loss += F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(-1)
     return correct / num, loss / num
 
 
 def _dropout_masks(keep_prob: Tensor, batch: int, generator: torch.Generator) -> list[Tensor]:
-    """Inverted-dropout masks ``(N, b, 16, s, s)`` for the three convolutions (s = 4, 2, 1)."""
-    n, sides = len(keep_prob), (4, 2, 1)
+    """Inverted-dropout masks ``(b, N, 16, s, s)`` for the three convolutions (s = 4, 2, 1).
+
+    One draw ``(N, b, 336)`` for all three (the masks' random stream, network-major), written
+    in the memory layout of :func:`grouped_forward`'s channels-last activations ``(b, s, s, N, 16)``.
+    """
+    n, sides, device = len(keep_prob), (4, 2, 1), keep_prob.device
     sizes = [CHANNELS * side * side for side in sides]
-    u = torch.rand((n, batch, sum(sizes)), generator=generator, device=keep_prob.device)  # one draw for all three
-    masks = (u < keep_prob.view(n, 1, 1)) * (1 / keep_prob).view(n, 1, 1)  # (N, b, 336)
-    return [m.view(n, batch, CHANNELS, side, side) for m, side in zip(masks.split(sizes, dim=-1), sides)]
+    u = torch.rand((n, batch, sum(sizes)), generator=generator, device=device)
+    keep, scale = keep_prob.view(n, 1, 1, 1, 1), (1 / keep_prob).view(n, 1, 1, 1, 1)
+    masks = []
+    for draws, side in zip(u.split(sizes, dim=-1), sides):
+        mask = torch.empty(batch, side, side, n, CHANNELS, device=device).permute(0, 3, 4, 1, 2)  # (b, N, 16, s, s)
+        torch.mul(draws.unflatten(-1, (CHANNELS, side, side)) < keep, scale, out=mask.transpose(0, 1))
+        masks.append(mask)
+    return masks
+
+
+def _own_images(data: _Digits, rows: Tensor) -> Tensor:
+    """Each network's training images ``rows: (N, b)`` in :func:`grouped_forward`'s layout ``(b, N, 8, 8)``."""
+    return data.x_train[rows.T].squeeze(2)
 
 
 def train_chunk(
@@ -396,12 +437,11 @@ def train_chunk(
         subsets.append(torch.randperm(num_pool, generator=gen)[:subset_size])
     stacked = [torch.stack(arrays).to(device).requires_grad_() for arrays in zip(*params)]  # (N, *shape) each
     subset = torch.stack(subsets).to(device)  # (N, n): each network's training images
-    x_own, y_own = data.x_train[subset], data.y_train[subset]  # (N, n, 1, 8, 8), (N, n)
+    x_own, y_own = _own_images(data, subset), data.y_train[subset]  # (n, N, 8, 8), (N, n)
 
     def column(name: str) -> Tensor:
         return torch.tensor([h[name] for h in hparams], dtype=torch.float32, device=device)
 
-    train_forward = stacked_forward(activation, dropout=True)
     keep_prob, l2reg = 1 - column("dropout"), column("l2reg")
     optimizer = StackedOptimizer(stacked, [h["optimizer"] for h in hparams], column("learning_rate"))
     generator = torch.Generator(device=device).manual_seed(chunk_seed)
@@ -411,8 +451,8 @@ def train_chunk(
 
     def checkpoint() -> None:
         checkpoints.append([p.detach().clone() for p in stacked])
-        for split, x, y, shared in (("test", data.x_test, data.y_test, True), ("train", x_own, y_own, False)):
-            acc, loss = _metrics(stacked, activation, x, y, shared)
+        for split, x, y in (("test", data.x_test, data.y_test), ("train", x_own, y_own)):
+            acc, loss = _metrics(stacked, activation, x, y)
             metrics[f"{split}_accuracy"].append(acc)
             metrics[f"{split}_loss"].append(loss)
 
@@ -422,13 +462,12 @@ def train_chunk(
             order = torch.rand((n_nets, subset_size), generator=generator, device=device).argsort(dim=1)
             for s in range(0, subset_size, config.batch_size):
                 rows = subset.gather(1, order[:, s : s + config.batch_size])  # (N, b) rows of the training pool
-                xb, yb = data.x_train[rows], data.y_train[rows]  # (N, b, 1, 8, 8), (N, b)
-                logits = train_forward(stacked, xb, _dropout_masks(keep_prob, rows.shape[1], generator))
+                xb, yb = _own_images(data, rows), data.y_train[rows]  # (b, N, 8, 8), (N, b)
+                logits = grouped_forward(stacked, xb, _dropout_masks(keep_prob, rows.shape[1], generator), activation)
                 # Sum over networks of each network's mean cross-entropy plus its L2 penalty on the kernels.
                 loss = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(-1).sum()
                 penalty = sum(p.square().flatten(1).sum(1) for p in stacked[0::2])
-                grads = torch.autograd.grad(loss + (l2reg * penalty).sum(), stacked)
-                optimizer.step(grads)
+                optimizer.step(torch.autograd.grad(loss + (l2reg * penalty).sum(), stacked))
             advance(n_nets / last)
         if epoch in config.steps:
             checkpoint()

@@ -23,11 +23,12 @@ training image and go to the train split only. Each row's targets are the image'
 ``label`` and the fit's ``psnr`` (dB, on [0, 1] pixel scale, peak 1); its metadata are
 ``image_index`` (the image's position in the source) and ``copy`` (0 for the base set).
 
-Fitting is vectorized: a chunk of SIRENs is one batch of stacked parameters, rendered
-with ``torch.func`` (:func:`nfn_lab.siren.render`) and updated by one Adam (which is
-elementwise, so each SIREN's update is exactly its own). Each SIREN's initialization is
-drawn from a generator keyed by ``(seed, image_index, copy)`` and the fit has no other
-randomness, so the same configuration gives the same zoo, resumed or not.
+Fitting is vectorized: a chunk of SIRENs is one batch of stacked parameters, evaluated and
+differentiated by hand-written batched matrix products (:mod:`nfn_lab.builders._siren_fit`,
+equal to autograd through :func:`nfn_lab.siren.render` up to float rounding) and updated by
+one Adam (which is elementwise, so each SIREN's update is exactly its own). Each SIREN's
+initialization is drawn from a generator keyed by ``(seed, image_index, copy)`` and the fit
+has no other randomness, so the same configuration gives the same zoo, resumed or not.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
+from nfn_lab.builders._siren_fit import StackedSirenFit, pixel_targets
 from nfn_lab.conversion import network_spec_from_module
 from nfn_lab.data.arrow_format import ZooWriter, check_destination
-from nfn_lab.siren import Siren, render
+from nfn_lab.siren import OMEGA0, Siren, make_coordinates
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = ["INRZooConfig", "ImageSet", "TARGETS", "build_inr_zoo", "load_images", "psnr"]
@@ -281,15 +284,23 @@ def init_sirens(variant: str, channels: int, seeds: Sequence[int]) -> list[Tenso
     """Stacked initial parameters ``W(1), b(1), W(2), ...`` each ``(N, ...)``, one SIREN per seed.
 
     Each SIREN is :class:`nfn_lab.siren.Siren`'s own initialization drawn with the global
-    generator seeded by its seed, inside ``torch.random.fork_rng`` (the caller's random
-    state is left untouched).
+    (CPU) generator seeded by its seed, inside ``torch.random.fork_rng`` (the caller's random
+    state is left untouched): the draws of ``Siren(variant, out_features=channels)``, made by
+    re-initializing one module (each layer's ``nn.Linear`` initialization, then the variant's)
+    rather than building one per seed.
     """
-    states = []
-    with torch.random.fork_rng(devices=[]):
-        for seed in seeds:
-            torch.manual_seed(seed)
-            states.append(list(Siren(variant, out_features=channels).state_dict().values()))
-    return [torch.stack(arrays) for arrays in zip(*states)]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        siren = Siren(variant, out_features=channels)
+        arrays = list(siren.state_dict().values())  # the parameters, in the order of the state dict
+        stacked = [torch.empty(len(seeds), *array.shape) for array in arrays]
+        for k, seed in enumerate(seeds):
+            torch.default_generator.manual_seed(seed)
+            for linear in siren.linears():
+                linear.reset_parameters()
+            siren.reset_parameters()
+            for out, array in zip(stacked, arrays):
+                out[k] = array
+    return stacked
 
 
 def _features(params: Sequence[Tensor]) -> WeightSpaceFeatures:
@@ -314,27 +325,31 @@ def fit_chunk(
     channels, size = images.images.shape[1], images.images.shape[-1]
     target = _targets(images.images[index], config.variant).to(device)  # (N, C, S, S)
     seeds = [derive_seed(config.seed, _STREAM_INIT, i, c) for i, c in items]
-    params = [p.to(device).requires_grad_() for p in init_sirens(config.variant, channels, seeds)]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    with torch.device("meta"):  # the variant's output offset and coordinate order (no random draws)
+        template = Siren(config.variant, out_features=channels)
+    fit = StackedSirenFit(
+        [p.to(device) for p in init_sirens(config.variant, channels, seeds)],
+        make_coordinates(size, template.indexing, device=device),
+        pixel_targets(target),
+        OMEGA0,
+        template.output_offset,
+        config.lr,
+    )
     report_every = max(1, config.steps // 20)
     for step in range(config.steps):
-        rendered = render(_features(params), config.variant, size)  # (N, C, S, S)
-        # Sum over SIRENs of each one's mean squared error: every SIREN gets its own gradient.
-        loss = (rendered - target).square().flatten(1).mean(1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        fit.step()
         if (step + 1) % report_every == 0:
             advance(len(items) * report_every / config.steps)
-    with torch.no_grad():
-        fitted = psnr(render(_features(params), config.variant, size), target, config.variant)
+    params = [p.clone() for p in fit.params]
+    rendered = rearrange(fit.forward(), "n (h w) c -> n c h w", h=size)  # what render() gives, (N, C, S, S)
+    fitted = psnr(rendered, target, config.variant)
     out = {
         "image_index": index,
         "copy": torch.tensor([c for _, c in items]),
         "label": images.labels[index],
         "psnr": fitted.cpu(),
     }
-    out.update({f"param.{j}": p.detach() for j, p in enumerate(params)})
+    out.update({f"param.{j}": p for j, p in enumerate(params)})
     return out
 
 

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.small_cnn_zoo import SmallCNNZooDataset
-from nfn_lab.builders import cnn_zoo
+from nfn_lab.builders import _fast_math, cnn_zoo
 from nfn_lab.builders.cnn_zoo import (
     PARAM_SHAPES,
     SEARCH_SPACE,
     TARGETS,
     CNNZooConfig,
     build_cnn_zoo,
+    grouped_forward,
     init_network,
     sample_hyperparameters,
     small_cnn,
@@ -74,6 +75,47 @@ def test_stacked_forward_is_the_modules_function(activation: str) -> None:
     torch.testing.assert_close(
         stacked_forward(activation, dropout=True)(params, x.expand(3, -1, -1, -1, -1), ones), expected
     )
+
+
+def _module_with_masks(module: torch.nn.Sequential, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """``module``'s logits with its three dropout layers replaced by multiplying with ``masks[i]: (B, 16, s, s)``."""
+    masks = iter(masks)
+    for layer in module:
+        x = x * next(masks) if isinstance(layer, torch.nn.Dropout) else layer(x)
+    return x
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_grouped_forward_with_dropout_and_its_gradient_are_the_modules(activation: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    hparams = {"w_init": "glorot_uniform", "b_init": "RandomNormal", "init_std": 0.1}
+    params = [torch.stack(a).double() for a in zip(*(init_network(hparams, gen) for _ in range(3)))]
+    modules = wsfeat_to_modules(
+        WeightSpaceFeatures([p.unsqueeze(1) for p in params[0::2]], [p.unsqueeze(1) for p in params[1::2]]),
+        small_cnn(activation).double(),
+    )
+    x = torch.rand(5, 3, 8, 8, dtype=torch.float64) * 2 - 1  # image b of network n in channel n
+    keep_prob = torch.tensor([0.5, 0.8, 1.0])
+    masks = [m.double() for m in cnn_zoo._dropout_masks(keep_prob, 5, torch.Generator().manual_seed(2))]
+    assert [tuple(m.shape) for m in masks] == [(5, 3, 16, s, s) for s in (4, 2, 1)]
+    assert set(masks[0][:, 0].unique().tolist()) == {0.0, 2.0} and bool((masks[0][:, 2] == 1).all())
+    leaves = [p.clone().requires_grad_() for p in params]
+    logits = grouped_forward(leaves, x, masks, activation)  # (3, 5, 10)
+    expected = [_module_with_masks(m, x[:, n : n + 1], [k[:, n] for k in masks]) for n, m in enumerate(modules)]
+    torch.testing.assert_close(logits, torch.stack(expected))
+    grads = torch.autograd.grad(logits.square().sum(), leaves)
+    for n, m in enumerate(modules):
+        want = torch.autograd.grad(expected[n].square().sum(), list(m.parameters()))
+        for got, w in zip(grads, want, strict=True):
+            torch.testing.assert_close(got[n], w)
+
+
+def test_numpy_tanh_is_torchs_with_its_gradient() -> None:
+    x = torch.randn(4, 6, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = _fast_math.tanh(x)
+    torch.testing.assert_close(y, torch.tanh(x))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(_fast_math.tanh, (x,))
 
 
 def test_small_cnn_has_the_small_cnn_zoos_shapes() -> None:
