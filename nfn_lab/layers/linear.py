@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,18 @@ from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 __all__ = ["NPLinear", "HNPLinear", "Pointwise", "ChannelLinear", "InitType"]
 
 InitType = Literal["pytorch_default", "kaiming_normal"]
+
+
+@torch.compiler.disable
+def _apply_map(*args: Any) -> tuple[Tensor, ...]:
+    """:class:`EquivariantMapFunction`, kept out of ``torch.compile`` graphs (a graph break).
+
+    The fused forward and backward beat what inductor generates from them: traced, the
+    broadcast sums, layout permutes and ReLU's backward become slow fused loops, and compiled
+    networks ran about 1.6x slower than with this function left eager (predict-gen HNP,
+    CPU, ``benchmarks/README.md``). The rest of a compiled model is still compiled.
+    """
+    return EquivariantMapFunction.apply(*args)
 
 
 class _PermutationEquivariantLinear(nn.Module):
@@ -114,13 +126,8 @@ class _PermutationEquivariantLinear(nn.Module):
         arrays = (*wsfeat.weights, *wsfeat.biases)
         forms = tuple(layout.takes_features_first(x) for layout, x in zip(self._layouts, arrays))
         folded = [layout.fold(x, first) for layout, x, first in zip(self._layouts, arrays, forms)]
-        ys = EquivariantMapFunction.apply(
-            self._plan,
-            forms,
-            *folded,
-            *(self.weight[t.name] for t in self._plan.terms),
-            *self.pointwise_weight,
-            self.bias,
+        ys = _apply_map(
+            self._plan, forms, *folded, *(self.weight[t.name] for t in self._plan.terms), *self.pointwise_weight, self.bias
         )
         out = [layout.unfold(y, self.out_channels, first) for layout, y, first in zip(self._layouts, ys, forms)]
         return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])
