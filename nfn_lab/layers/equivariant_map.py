@@ -138,18 +138,19 @@ def _outer_sum(rows: Tensor, cols: Tensor, first: bool) -> Tensor:
     """``out[b, i, j] = rows[b, i] + cols[b, j]``: ``(B, n, D), (B, m, D)`` -> ``(B, n, m, D)``, or
     ``(B, D, n, m)`` if ``first``.
 
-    A copy of the expanded rows plus an in-place add is several times faster on CPU than
-    ``rows[:, :, None] + cols[:, None]``, whose doubly-broadcast kernel is slow.
+    One broadcast add into the output. Features first, the small operands are transposed
+    first, so that the kernel's inner loop runs over contiguous ``m`` (5x faster on CPU than
+    reading them strided).
     """
     batch, n, d = rows.shape
     m = cols.shape[1]
     if first:
         out = rows.new_empty((batch, d, n, m))
-        out.copy_(rows.transpose(1, 2).unsqueeze(3).expand_as(out))
-        return out.add_(cols.transpose(1, 2).unsqueeze(2))
+        return torch.add(
+            rows.transpose(1, 2).contiguous().unsqueeze(3), cols.transpose(1, 2).contiguous().unsqueeze(2), out=out
+        )
     out = rows.new_empty((batch, n, m, d))
-    out.copy_(rows.unsqueeze(2).expand_as(out))
-    return out.add_(cols.unsqueeze(1))
+    return torch.add(rows.unsqueeze(2), cols.unsqueeze(1), out=out)
 
 
 def _broadcast_add(rows: Tensor, glob: Tensor, first: bool) -> Tensor:
