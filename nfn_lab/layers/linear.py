@@ -127,7 +127,12 @@ class _PermutationEquivariantLinear(nn.Module):
         forms = tuple(layout.takes_features_first(x) for layout, x in zip(self._layouts, arrays))
         folded = [layout.fold(x, first) for layout, x, first in zip(self._layouts, arrays, forms)]
         ys = _apply_map(
-            self._plan, forms, *folded, *(self.weight[t.name] for t in self._plan.terms), *self.pointwise_weight, self.bias
+            self._plan,
+            forms,
+            *folded,
+            *(self.weight[t.name] for t in self._plan.terms),
+            *self.pointwise_weight,
+            self.bias,
         )
         out = [layout.unfold(y, self.out_channels, first) for layout, y, first in zip(self._layouts, ys, forms)]
         return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])

@@ -92,9 +92,7 @@ def test_rank_check_detects_missing_terms():
 def test_shape_mismatch_names_layer(cls):
     x = _features("conv2d", 3)
     layer = cls(network_spec_from_wsfeat(x), 2, 3)
-    bad = WeightSpaceFeatures(
-        (x.weights[0], x.weights[1][..., :1], x.weights[2]), x.biases
-    ).to(torch.float32)
+    bad = WeightSpaceFeatures((x.weights[0], x.weights[1][..., :1], x.weights[2]), x.biases).to(torch.float32)
     with pytest.raises(ValueError, match=r"layer 1 weight has shape .*expects"):
         layer(bad)
     with pytest.raises(ValueError, match="channel|expects"):
