@@ -7,6 +7,8 @@ import torch
 import yaml
 
 from nfn_lab.cli import main
+from nfn_lab.layers import IOSinusoidalEncoding
+from nfn_lab.models.blocks import IOEncoding
 from nfn_lab.train_cli import run
 from tests.data.small_cnn_zoo.generate import generate
 
@@ -46,7 +48,9 @@ def config(tmp_path, zoo):
 
 
 def _fit(config, root, *extra):
-    return run(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), "--test_after_fit", "false", *extra])
+    return run(
+        ["fit", "--config", str(config), "--trainer.default_root_dir", str(root), "--test_after_fit", "false", *extra]
+    )
 
 
 def test_fit_saves_config_and_checkpoints(config, tmp_path):
@@ -93,3 +97,26 @@ def test_wandb_offline_logs_locally(config, tmp_path, monkeypatch):
     loggers = {type(lg).__name__ for lg in cli.trainer.loggers}
     assert loggers == {"CSVLogger", "WandbLogger"}
     assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("true", IOEncoding()), ("{max_freq: 8, num_bands: 3, enc_layers: false}", IOEncoding(8, 3, False))],
+)
+def test_io_encoding_options_from_the_command_line(config, tmp_path, value, expected):
+    cli = _fit(
+        config,
+        tmp_path / "runs",
+        "--trainer.fast_dev_run",
+        "true",
+        "--model.init_args.backbone.init_args.mode",
+        "NP",
+        "--model.init_args.backbone.init_args.io_encoding",
+        value,
+    )
+    (encoding,) = [m for m in cli.model.modules() if isinstance(m, IOSinusoidalEncoding)]
+    assert (encoding.max_freq, encoding.num_bands, encoding.enc_layers) == (
+        expected.max_freq,
+        expected.num_bands,
+        expected.enc_layers,
+    )

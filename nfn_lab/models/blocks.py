@@ -3,6 +3,7 @@ and input normalization stored with the model."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -20,11 +21,38 @@ from nfn_lab.layers import (
 )
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["Backbone", "Mode", "equivariant_layer", "layer_norm", "input_encoding", "mlp", "InputNormalization"]
+__all__ = [
+    "Backbone",
+    "Mode",
+    "IOEncoding",
+    "equivariant_layer",
+    "layer_norm",
+    "input_encoding",
+    "mlp",
+    "InputNormalization",
+]
 
 Mode = Literal["HNP", "NP", "NP-PosEmb", "PT"]
 LayerNormKind = Literal["simple", "param"]
 InputEncoding = Literal["gaussian", "pointwise"]
+
+
+@dataclass(frozen=True)
+class IOEncoding:
+    """Options of the sinusoidal input/output neuron codes (:class:`~nfn_lab.layers.IOSinusoidalEncoding`).
+
+    A backbone's ``io_encoding: true`` uses these defaults (the reference's); in a config,
+    ``io_encoding: {max_freq: 8, num_bands: 4}`` sets them.
+
+    Attributes:
+        max_freq: the highest frequency of the codes.
+        num_bands: frequencies per code (each gives a sine and a cosine channel).
+        enc_layers: also code which layer an entry belongs to.
+    """
+
+    max_freq: float = 10
+    num_bands: int = 6
+    enc_layers: bool = True
 
 
 def equivariant_layer(mode: Mode, network_spec: NetworkSpec, in_channels: int, out_channels: int) -> nn.Module:
@@ -53,7 +81,7 @@ def layer_norm(kind: LayerNormKind | None, network_spec: NetworkSpec, channels: 
 
 def input_encoding(
     kind: InputEncoding | None,
-    io_encoding: bool,
+    io_encoding: bool | IOEncoding,
     network_spec: NetworkSpec,
     in_channels: int,
     channels: int,
@@ -65,7 +93,7 @@ def input_encoding(
     ``gaussian``: ``fourier_features`` random Fourier features (frequencies of scale
     ``fourier_scale``) of each entry, giving ``2 * fourier_features`` channels; ``pointwise``:
     a learned per-entry linear map to ``channels``; ``io_encoding``: sinusoidal codes of the
-    input/output neurons.
+    input/output neurons (``True``: with :class:`IOEncoding`'s defaults).
     """
     layers: list[nn.Module] = []
     if kind == "gaussian":
@@ -78,7 +106,8 @@ def input_encoding(
     elif kind is not None:
         raise ValueError(f"unknown input encoding {kind!r}; use 'gaussian', 'pointwise' or null.")
     if io_encoding:
-        pos = IOSinusoidalEncoding(network_spec)
+        options = io_encoding if isinstance(io_encoding, IOEncoding) else IOEncoding()
+        pos = IOSinusoidalEncoding(network_spec, **asdict(options))
         layers.append(pos)
         in_channels = pos.num_out_chan(in_channels)
     return layers, in_channels

@@ -6,7 +6,7 @@ from torch import nn
 
 from nfn_lab.layers import LearnedScale, ResBlock, TupleOp
 from nfn_lab.models import blocks
-from nfn_lab.models.blocks import Backbone, InputEncoding, LayerNormKind, Mode, equivariant_layer
+from nfn_lab.models.blocks import Backbone, InputEncoding, IOEncoding, LayerNormKind, Mode, equivariant_layer
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["EquivariantNFN"]
@@ -29,7 +29,8 @@ class EquivariantNFN(Backbone):
         dropout: dropout on the residual branches.
         input_encoding: ``"gaussian"`` (the paper), ``"pointwise"`` or None.
         fourier_features, fourier_scale: size and frequency scale of the ``"gaussian"`` encoding.
-        io_encoding: append sinusoidal input/output neuron codes.
+        io_encoding: append sinusoidal input/output neuron codes; ``True`` or an
+            :class:`~nfn_lab.models.blocks.IOEncoding` with its frequencies.
         normalize: standardize inputs with stored statistics.
         in_channels: channels of the input features.
 
@@ -47,7 +48,7 @@ class EquivariantNFN(Backbone):
         layer_norm: LayerNormKind | None = None,
         dropout: float = 0.0,
         input_encoding: InputEncoding | None = "gaussian",
-        io_encoding: bool = False,
+        io_encoding: bool | IOEncoding = False,
         fourier_features: int = 256,
         fourier_scale: float = 10.0,
         normalize: bool = False,
@@ -69,7 +70,10 @@ class EquivariantNFN(Backbone):
                     blocks.layer_norm(layer_norm, network_spec, hidden_channels),
                 )
             )
-        layers += [equivariant_layer(mode, network_spec, hidden_channels, out_channels), LearnedScale(network_spec, out_scale)]
+        layers += [
+            equivariant_layer(mode, network_spec, hidden_channels, out_channels),
+            LearnedScale(network_spec, out_scale),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:

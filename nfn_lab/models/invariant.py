@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from nfn_lab.layers import ChannelDropout, HNPPool, NPPool, StatFeaturizer, TupleOp
 from nfn_lab.models import blocks
-from nfn_lab.models.blocks import Backbone, InputEncoding, LayerNormKind, Mode, equivariant_layer, mlp
+from nfn_lab.models.blocks import Backbone, InputEncoding, IOEncoding, LayerNormKind, Mode, equivariant_layer, mlp
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["InvariantNFN"]
@@ -32,7 +32,8 @@ class InvariantNFN(Backbone):
         layer_norm: ``"simple"``, ``"param"`` or None, after each NF-layer.
         input_encoding: ``"gaussian"``, ``"pointwise"`` or None, before the first NF-layer.
         fourier_features, fourier_scale: size and frequency scale of the ``"gaussian"`` encoding.
-        io_encoding: append sinusoidal codes of the input/output neurons (NP with io position encoding).
+        io_encoding: append sinusoidal codes of the input/output neurons (NP with io position
+            encoding): ``True``, or an :class:`~nfn_lab.models.blocks.IOEncoding` with its frequencies.
         append_stats: concatenate StatFeaturizer's statistics to the pooled features.
         sigmoid: squash the output into (0, 1) (e.g. for accuracies).
         normalize: standardize inputs (see :class:`~nfn_lab.models.blocks.InputNormalization`).
@@ -54,7 +55,7 @@ class InvariantNFN(Backbone):
         feature_dropout: float = 0.0,
         layer_norm: LayerNormKind | None = None,
         input_encoding: InputEncoding | None = None,
-        io_encoding: bool = False,
+        io_encoding: bool | IOEncoding = False,
         fourier_features: int = 256,
         fourier_scale: float = 10.0,
         append_stats: bool = False,
@@ -92,4 +93,3 @@ class InvariantNFN(Backbone):
         if self.stats is not None:
             pooled = torch.cat([pooled, self.stats(wsfeat).flatten(start_dim=1)], dim=1)
         return self.head(pooled)
-
