@@ -188,8 +188,9 @@ def test_fused_backward_matches_numerical_gradient(cls, kind, num_layers, memory
 
 
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
-def test_runs_under_bf16_autocast(cls):
-    x = example_features("conv2d", 3, batch_size=4, channels=2)
+@pytest.mark.parametrize("kind", ["conv2d", "mlp"])  # channels-last and features-first forms
+def test_runs_under_bf16_autocast(cls, kind):
+    x = example_features(kind, 3, batch_size=4, channels=2)
     assert_runs_under_autocast(cls(network_spec_from_wsfeat(x), 2, 3), x)
 
 
