@@ -4,7 +4,8 @@ This module holds the math behind :class:`~nfn_lab.layers.NPLinear` and
 :class:`~nfn_lab.layers.HNPLinear` (see :mod:`nfn_lab.layers.linear` for the derivation):
 a :class:`MapPlan` lists, for one weight space and one set of permuted neuron layers,
 every term of the map, and :class:`EquivariantMapFunction` evaluates it on folded
-arrays ``(B, *kept_axes, D)`` (see :mod:`nfn_lab.layers.layout`).
+arrays ``(B, *kept_axes, D)`` or, for arrays that arrive channels-first, on the same
+arrays features first, ``(B, D, *kept_axes)`` (see :mod:`nfn_lab.layers.layout`).
 
 Why a hand-written backward: the map is dominated by a few GEMMs plus broadcasts and
 reductions over the large ``(B, n, m, D)`` arrays. Autograd would materialize every
