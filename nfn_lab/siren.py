@@ -18,13 +18,16 @@ for ``'ij'`` and ``(t[j], t[i])`` for ``'xy'``, where ``t = linspace(-1, 1, S)``
 
 :func:`render` evaluates a whole batch of SIRENs given as :class:`WeightSpaceFeatures`
 with ``torch.func`` (``functional_call`` + ``vmap``), e.g. to look at a zoo or to use
-the rendered images as targets of an INR editing task; :func:`fit` fits one SIREN per
-image, all at once, through it.
+the rendered images as targets of an INR editing task. :class:`StackedSirenFit` fits one
+SIREN per image, all at once, by full-batch Adam with the forward and backward pass written
+out (equal to autograd through :func:`render` up to float rounding); :func:`fit` fits a
+batch of images from fresh initializations with it, and the INR zoo builder uses it too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,10 +36,21 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from nfn_lab.conversion import module_to_wsfeat, params_to_func_params
+from nfn_lab._fast_math import cos_and_sin_
+from nfn_lab.conversion import params_to_func_params
 from nfn_lab.weightspace import WeightSpaceFeatures
 
-__all__ = ["SirenVariant", "SineLayer", "SineLinear", "Siren", "fit", "make_coordinates", "render"]
+__all__ = [
+    "SirenVariant",
+    "SineLayer",
+    "SineLinear",
+    "Siren",
+    "StackedSirenFit",
+    "fit",
+    "make_coordinates",
+    "pixel_targets",
+    "render",
+]
 
 SirenVariant = Literal["nfn", "dwsnets"]
 Indexing = Literal["ij", "xy"]
@@ -166,6 +180,14 @@ class Siren(nn.Module):
         """The ``nn.Linear`` of every layer, in order."""
         return [getattr(m, "linear", m) for m in self.layers]
 
+    def redraw(self) -> None:
+        """Draws every parameter again exactly as building this SIREN does, from the global
+        generator: each layer's ``nn.Linear`` initialization, then :meth:`reset_parameters`
+        (so seeding, then ``redraw()``, gives the parameters of a SIREN built after that seeding)."""
+        for linear in self.linears():
+            linear.reset_parameters()
+        self.reset_parameters()
+
     def reset_parameters(self) -> None:
         """The variant's initialization (see the module docstring)."""
         facts = _facts(self.variant)
@@ -233,13 +255,108 @@ def render(wsfeat: WeightSpaceFeatures, variant: SirenVariant = "nfn", size: int
     return rearrange(pixels, "b (h w) c -> b c h w", h=size)
 
 
+def _views(flat: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+    """Consecutive views of ``flat: (sum of sizes,)`` with the given shapes (each contiguous)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
+
+
+class StackedSirenFit:
+    """``N`` SIRENs fit by full-batch Adam, each to the mean squared error over its own targets.
+
+    Autograd over :func:`render` spends most of such a small step on dispatch and
+    bookkeeping; here each layer is one batched matrix product into preallocated buffers,
+    the backward pass reuses the forward's cosines, parameters and gradients are views of one
+    flat buffer each, and one fused Adam updates them all (``sin``/``cos`` through
+    :mod:`nfn_lab._fast_math`). The result equals autograd's up to float rounding.
+
+    Args:
+        params: the SIRENs' initial arrays ``W(1): (N, H, 2), b(1): (N, H), ..., W(L): (N, C, H),
+            b(L): (N, C)`` with one hidden width ``H`` (copied, not modified).
+        coords: the pixel coordinates ``(P, 2)``, shared by all SIRENs.
+        target: per SIREN, the outputs to fit at the coordinates ``(N, P, C)``.
+        omega0: the sine layers' frequency factor.
+        offset: added to the linear output layer.
+        lr: Adam's learning rate (``torch.optim.Adam``'s defaults otherwise).
+
+    Attributes:
+        params: the current arrays, shaped as the given ones (views of one flat buffer).
+        grads: after :meth:`gradients` (or :meth:`step`), the gradients of the sum over SIRENs
+            of each one's mean squared error (so each SIREN gets its own), shaped likewise.
+    """
+
+    def __init__(
+        self, params: Sequence[Tensor], coords: Tensor, target: Tensor, omega0: float, offset: float, lr: float
+    ) -> None:
+        shapes = [p.shape for p in params]
+        self.flat = torch.cat([p.detach().flatten() for p in params])  # (N * D,)
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.params, self.grads = _views(self.flat, shapes), _views(self.flat.grad, shapes)
+        self.optimizer = torch.optim.Adam([self.flat], lr=lr, fused=self.flat.device.type in ("cpu", "cuda"))
+        self.target, self.omega0, self.offset = target, omega0, offset
+        n, num_pixels, _ = target.shape
+        hidden = shapes[0][1]
+        self.coords = coords.expand(n, *coords.shape)  # (N, P, 2)
+        # The first layer's weight gradient, transposed: (N, 2, P) @ (N, P, H) is fastest with a contiguous left side.
+        self.coords_t = coords.T.expand(n, *coords.T.shape).contiguous()  # (N, 2, P)
+        self.first_grad_t = target.new_empty(n, coords.shape[1], hidden)  # (N, 2, H)
+        # Per sine layer, (N, P, H): its sines (the next layer's input) and cosines (for the backward pass).
+        num_sine_layers = len(shapes) // 2 - 1
+        self.sines = [target.new_empty(n, num_pixels, hidden) for _ in range(num_sine_layers)]
+        self.cosines = [torch.empty_like(s) for s in self.sines]
+        self.output = torch.empty_like(target)  # (N, P, C)
+        self.upstream = torch.empty_like(self.sines[0])  # d loss / d (a sine layer's output), (N, P, H)
+
+    def forward(self) -> Tensor:
+        """The SIRENs' outputs ``(N, P, C)``, keeping each sine layer's sines and cosines."""
+        h = self.coords
+        weights, biases = self.params[0::2], self.params[1::2]
+        for w, b, sines, cosines in zip(weights, biases, self.sines, self.cosines):
+            torch.baddbmm(b.unsqueeze(1), h, w.mT, beta=self.omega0, alpha=self.omega0, out=sines)
+            cos_and_sin_(sines, cosines)
+            h = sines
+        return torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].mT, out=self.output).add_(self.offset)
+
+    def gradients(self) -> None:
+        """Fills :attr:`grads` for the current parameters (a forward and a backward pass)."""
+        self.forward()
+        grad_weights, grad_biases = self.grads[0::2], self.grads[1::2]
+        weights = self.params[0::2]
+        d_out = self.output.sub_(self.target).mul_(2 / self.target[0].numel())  # d loss / d output, (N, P, C)
+        torch.bmm(d_out.mT, self.sines[-1], out=grad_weights[-1])
+        torch.sum(d_out, 1, out=grad_biases[-1])
+        upstream = torch.bmm(d_out, weights[-1], out=self.upstream)
+        for layer in reversed(range(len(self.sines))):
+            d_linear = self.cosines[layer].mul_(upstream)  # d loss / d (omega0 * linear), (N, P, H)
+            torch.sum(d_linear, 1, out=grad_biases[layer]).mul_(self.omega0)
+            if layer == 0:
+                grad_t = self.first_grad_t
+                torch.baddbmm(grad_t, self.coords_t, d_linear, beta=0, alpha=self.omega0, out=grad_t)
+                grad_weights[0].copy_(grad_t.mT)
+            else:
+                grad_w = grad_weights[layer]
+                torch.baddbmm(grad_w, d_linear.mT, self.sines[layer - 1], beta=0, alpha=self.omega0, out=grad_w)
+                torch.baddbmm(upstream, d_linear, weights[layer], beta=0, alpha=self.omega0, out=upstream)
+
+    def step(self) -> None:
+        """One Adam step on the gradients of the current parameters."""
+        self.gradients()
+        self.optimizer.step()
+
+
+def pixel_targets(images: Tensor) -> Tensor:
+    """Images ``(N, C, S, S)`` -> per SIREN its outputs at the row-major pixel coordinates ``(N, S*S, C)``."""
+    return rearrange(images, "n c h w -> n (h w) c").contiguous()
+
+
 def fit(
     images: Tensor, variant: SirenVariant = "nfn", steps: int = 100, lr: float = 1e-4, seed: int = 0
 ) -> WeightSpaceFeatures:
-    """Fits one SIREN per image, all networks in one vectorized loop of Adam steps.
+    """Fits one SIREN per image, all networks at once (:class:`StackedSirenFit`).
 
-    Each network starts from the variant's initialization (drawn from ``seed``, leaving
-    the global RNG untouched) and minimizes its own mean squared error to its image.
+    Each network starts from the variant's initialization (the SIRENs are built one after
+    another from ``seed``, leaving the global RNG untouched) and minimizes its own mean
+    squared error to its image.
 
     Args:
         images: targets ``(B, C, S, S)`` in the variant's range (``[-1, 1]`` for
@@ -249,28 +366,16 @@ def fit(
         seed: seeds the initializations.
 
     Returns:
-        the fitted weights, detached: ``weights[i]: (B, 1, n_out, n_in)``, ``biases[i]: (B, 1, n_out)``.
+        the fitted weights: ``weights[i]: (B, 1, n_out, n_in)``, ``biases[i]: (B, 1, n_out)``.
     """
-    batch, channels, size = images.shape[0], images.shape[1], images.shape[-1]
+    channels, size = images.shape[1], images.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        start = module_to_wsfeat([Siren(variant, out_features=channels) for _ in range(batch)])
-    start = start.to(dtype=images.dtype, device=images.device)
-    num_layers = len(start)
-    params = [t.clone().requires_grad_() for t in (*start.weights, *start.biases)]
-    # Adam written out: torch.optim's first use imports torch._dynamo, seconds for a few small steps
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    first = [torch.zeros_like(p) for p in params]
-    second = [torch.zeros_like(p) for p in params]
-    for step in range(1, steps + 1):
-        wsfeat = WeightSpaceFeatures(params[:num_layers], params[num_layers:])
-        # per network mean over pixels, summed over networks: each network's gradient is its own
-        loss = (render(wsfeat, variant, size) - images).square().mean(dim=(1, 2, 3)).sum()
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g, m, v in zip(params, grads, first, second):
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
-                p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
-    return WeightSpaceFeatures(params[:num_layers], params[num_layers:]).detach()
+        sirens = [Siren(variant, out_features=channels) for _ in range(images.shape[0])]
+    params = [torch.stack(arrays).to(images) for arrays in zip(*(s.state_dict().values() for s in sirens))]
+    coords = make_coordinates(size, sirens[0].indexing, dtype=images.dtype, device=images.device)
+    fitting = StackedSirenFit(params, coords, pixel_targets(images), OMEGA0, sirens[0].output_offset, lr)
+    for _ in range(steps):
+        fitting.step()
+    arrays = [p.unsqueeze(1) for p in fitting.params]  # (B, 1, ...)
+    return WeightSpaceFeatures(arrays[0::2], arrays[1::2])

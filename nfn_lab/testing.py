@@ -30,6 +30,7 @@ __all__ = [
     "SPACE_KINDS",
     "SPACES",
     "example_features",
+    "channels_last",
     "assert_equivariant",
     "assert_invariant",
     "assert_sensitive",
@@ -75,6 +76,12 @@ def example_features(
         weights.append(torch.randn(batch_size, channels, sizes[i + 1], sizes[i], *filt, generator=gen, dtype=dtype))
         biases.append(torch.randn(batch_size, channels, sizes[i + 1], generator=gen, dtype=dtype))
     return WeightSpaceFeatures(weights, biases)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """The same values ``(B, C, ...)`` with the channel axis innermost in memory, as NF-layers
+    output them (to test both memory forms the layers accept)."""
+    return x.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
 def _max_abs_diff(a: Any, b: Any) -> float:

@@ -36,7 +36,7 @@ import gzip
 import io
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from nfn_lab.builders._fast_math import tanh
+from nfn_lab._fast_math import tanh
 from nfn_lab.builders._optim import OPTIMIZERS, StackedOptimizer
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
@@ -65,7 +65,6 @@ __all__ = [
     "init_network",
     "sample_hyperparameters",
     "small_cnn",
-    "stacked_forward",
     "to_keras_rows",
     "train_chunk",
 ]
@@ -140,21 +139,6 @@ def grouped_forward(params: Sequence[Tensor], x: Tensor, keep: Sequence[Tensor] 
             h = (h.unflatten(1, (n, CHANNELS)) * keep[i]).flatten(1, 2)
     pooled = h.mean(dim=(-2, -1)).unflatten(1, (n, CHANNELS))  # (B, N, 16): global average pooling
     return torch.baddbmm(params[7].unsqueeze(1), pooled.transpose(0, 1), params[6].mT)
-
-
-def stacked_forward(activation: str, shared_images: bool = False, dropout: bool = False) -> Callable[..., Tensor]:
-    """:func:`grouped_forward` with network-major inputs: ``(params, x, keep)`` -> logits ``(N, B, 10)``.
-
-    ``x`` is ``(B, 1, 8, 8)`` for every network if ``shared_images`` else ``(N, B, 1, 8, 8)``;
-    ``keep`` (masks ``(N, B, 16, s, s)``) is used if ``dropout``, else pass None.
-    """
-
-    def forward(params: Sequence[Tensor], x: Tensor, keep: Sequence[Tensor] | None) -> Tensor:
-        images = x if shared_images else x.squeeze(2).transpose(0, 1)  # (B, 1 or N, 8, 8)
-        masks = [m.transpose(0, 1) for m in keep] if dropout and keep is not None else None
-        return grouped_forward(params, images, masks, activation)
-
-    return forward
 
 
 # --- hyperparameters ----------------------------------------------------------------------

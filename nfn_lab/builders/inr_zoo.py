@@ -24,7 +24,7 @@ training image and go to the train split only. Each row's targets are the image'
 ``image_index`` (the image's position in the source) and ``copy`` (0 for the base set).
 
 Fitting is vectorized: a chunk of SIRENs is one batch of stacked parameters, evaluated and
-differentiated by hand-written batched matrix products (:mod:`nfn_lab.builders._siren_fit`,
+differentiated by hand-written batched matrix products (:class:`nfn_lab.siren.StackedSirenFit`,
 equal to autograd through :func:`nfn_lab.siren.render` up to float rounding) and updated by
 one Adam (which is elementwise, so each SIREN's update is exactly its own). Each SIREN's
 initialization is drawn from a generator keyed by ``(seed, image_index, copy)`` and the fit
@@ -48,10 +48,9 @@ from torch import Tensor
 
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
-from nfn_lab.builders._siren_fit import StackedSirenFit, pixel_targets
 from nfn_lab.conversion import network_spec_from_module
 from nfn_lab.data.arrow_format import ZooWriter, check_destination
-from nfn_lab.siren import OMEGA0, Siren, make_coordinates
+from nfn_lab.siren import OMEGA0, Siren, StackedSirenFit, make_coordinates, pixel_targets
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = ["INRZooConfig", "ImageSet", "TARGETS", "build_inr_zoo", "load_images", "psnr"]
@@ -286,8 +285,7 @@ def init_sirens(variant: str, channels: int, seeds: Sequence[int]) -> list[Tenso
     Each SIREN is :class:`nfn_lab.siren.Siren`'s own initialization drawn with the global
     (CPU) generator seeded by its seed, inside ``torch.random.fork_rng`` (the caller's random
     state is left untouched): the draws of ``Siren(variant, out_features=channels)``, made by
-    re-initializing one module (each layer's ``nn.Linear`` initialization, then the variant's)
-    rather than building one per seed.
+    redrawing one module (:meth:`~nfn_lab.siren.Siren.redraw`) rather than building one per seed.
     """
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         siren = Siren(variant, out_features=channels)
@@ -295,9 +293,7 @@ def init_sirens(variant: str, channels: int, seeds: Sequence[int]) -> list[Tenso
         stacked = [torch.empty(len(seeds), *array.shape) for array in arrays]
         for k, seed in enumerate(seeds):
             torch.default_generator.manual_seed(seed)
-            for linear in siren.linears():
-                linear.reset_parameters()
-            siren.reset_parameters()
+            siren.redraw()
             for out, array in zip(stacked, arrays):
                 out[k] = array
     return stacked

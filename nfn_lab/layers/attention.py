@@ -159,7 +159,7 @@ class NPAttention(nn.Module):
                 means.append(self._qkv(a)(x.sum(dims) / count))
         qkv_means = torch.stack(means, dim=1)  # (B, 2L, 3C)
         q, k, v = qkv_means.view(*qkv_means.shape[:2], 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 2L, ch)
+        out = _attention(q, k, v, 0.0)  # (B, H, 2L, ch)
         return out.transpose(1, 2).reshape(out.shape[0], -1, self.channels)
 
     def _cross_term(self, qkv: list[Tensor]) -> list[Tensor]:

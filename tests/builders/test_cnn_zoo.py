@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.small_cnn_zoo import SmallCNNZooDataset
-from nfn_lab.builders import _fast_math, cnn_zoo
+from nfn_lab import _fast_math
+from nfn_lab.builders import cnn_zoo
 from nfn_lab.builders.cnn_zoo import (
     PARAM_SHAPES,
     SEARCH_SPACE,
@@ -22,7 +23,6 @@ from nfn_lab.builders.cnn_zoo import (
     init_network,
     sample_hyperparameters,
     small_cnn,
-    stacked_forward,
 )
 from nfn_lab.conversion import module_to_wsfeat, wsfeat_to_modules
 from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
@@ -60,7 +60,7 @@ def _digits_test() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_stacked_forward_is_the_modules_function(activation: str) -> None:
+def test_grouped_forward_is_the_modules_function(activation: str) -> None:
     gen = torch.Generator().manual_seed(0)
     hparams = {"w_init": "he_normal", "b_init": "RandomNormal", "init_std": 0.1}
     params = [torch.stack(a) for a in zip(*(init_network(hparams, gen) for _ in range(3)))]  # (3, *shape) each
@@ -70,11 +70,10 @@ def test_stacked_forward_is_the_modules_function(activation: str) -> None:
     )
     x = torch.rand(5, 1, 8, 8) * 2 - 1
     expected = torch.stack([m.eval()(x) for m in modules])  # (3, 5, 10)
-    torch.testing.assert_close(stacked_forward(activation, shared_images=True)(params, x, None), expected)
-    ones = [torch.ones(3, 5, 16, s, s) for s in (4, 2, 1)]  # keep-everything dropout masks
-    torch.testing.assert_close(
-        stacked_forward(activation, dropout=True)(params, x.expand(3, -1, -1, -1, -1), ones), expected
-    )
+    torch.testing.assert_close(grouped_forward(params, x, None, activation), expected)  # shared images
+    ones = [torch.ones(5, 3, 16, s, s) for s in (4, 2, 1)]  # keep-everything dropout masks
+    # The same images as each network's own (image b of network n in channel n).
+    torch.testing.assert_close(grouped_forward(params, x.expand(-1, 3, -1, -1), ones, activation), expected)
 
 
 def _module_with_masks(module: torch.nn.Sequential, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
@@ -210,29 +209,15 @@ def test_same_seed_gives_the_same_zoo_and_another_seed_another(zoo: Path, tmp_pa
     assert not np.array_equal(_read(other)["train"]["w1"][0], first["train"]["w1"][0])
 
 
-def test_an_interrupted_build_resumes_to_the_same_zoo(
-    zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    train_chunk = cnn_zoo.train_chunk
-    calls = []
-
-    def crashes_in_the_second_chunk(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 2:
-            raise RuntimeError("simulated crash")
-        return train_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(cnn_zoo, "train_chunk", crashes_in_the_second_chunk)
+def test_an_interrupted_build_resumes_to_the_same_zoo(zoo: Path, tmp_path: Path, record_calls) -> None:
+    record_calls(cnn_zoo, "train_chunk", crash_on=2)
     out = tmp_path / "zoo"
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_cnn_zoo(out, CONFIG, progress=False)
     assert not out.exists()  # nothing that looks like a zoo
     assert sorted(p.name for p in (tmp_path / "zoo.work").glob("chunk-*")) == ["chunk-00000.pt"]
 
-    calls.clear()
-    monkeypatch.setattr(
-        cnn_zoo, "train_chunk", lambda *args, **kwargs: calls.append(args[0]) or train_chunk(*args, **kwargs)
-    )
+    calls = record_calls(cnn_zoo, "train_chunk")
     build_cnn_zoo(out, CONFIG, progress=False)
     assert len(calls) == len(cnn_zoo._Plan.make(CONFIG).chunks) - 1  # the finished chunk is not trained again
     first, resumed = _read(zoo), _read(out)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from nfn_lab.builders import inr_zoo
-from nfn_lab.builders.inr_zoo import ImageSet, INRZooConfig, build_inr_zoo, load_images, psnr
+from nfn_lab.builders.inr_zoo import ImageSet, INRZooConfig, build_inr_zoo, init_sirens, load_images, psnr
 from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
-from nfn_lab.siren import render
+from nfn_lab.siren import Siren, render
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 CONFIG = INRZooConfig(augmented_copies=1, steps=60, lr=1e-3, seed=2, chunk_size=8)
@@ -142,28 +142,14 @@ def test_dwsnets_variant_renders_images_in_0_1(tmp_path: Path, digits: ImageSet)
     assert error.max() < 0.1 and targets["psnr"].min() > 25
 
 
-def test_same_seed_same_zoo_and_resume_after_a_crash(
-    zoo: Path, digits: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fit_chunk = inr_zoo.fit_chunk
-    calls = []
-
-    def crashes_in_the_third_chunk(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return fit_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(inr_zoo, "fit_chunk", crashes_in_the_third_chunk)
+def test_same_seed_same_zoo_and_resume_after_a_crash(zoo: Path, digits: ImageSet, tmp_path: Path, record_calls) -> None:
+    record_calls(inr_zoo, "fit_chunk", crash_on=3)
     out = tmp_path / "zoo"
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_inr_zoo(out, CONFIG, digits, progress=False)
     assert not out.exists() and len(list((tmp_path / "zoo.work").glob("chunk-*.pt"))) == 2
 
-    monkeypatch.setattr(
-        inr_zoo, "fit_chunk", lambda *args, **kwargs: calls.append(args[0]) or fit_chunk(*args, **kwargs)
-    )
-    calls.clear()
+    calls = record_calls(inr_zoo, "fit_chunk")
     build_inr_zoo(out, CONFIG, digits, progress=False)
     num_chunks = -(-(len(digits) + sum(1 for c in _read(zoo)["train"]["copy"] if c == 1)) // CONFIG.chunk_size)
     assert len(calls) == num_chunks - 2
@@ -196,3 +182,16 @@ def test_config_validation() -> None:
         INRZooConfig(variant="siren")
     with pytest.raises(ValueError, match="augmented_copies and steps must be >= 0"):
         INRZooConfig(augmented_copies=-1)
+
+
+@pytest.mark.parametrize("variant", ["nfn", "dwsnets"])
+def test_init_sirens_are_the_modules_own_initialization(variant: str) -> None:
+    seeds = [3, 17, 3]
+    stacked = init_sirens(variant, 3, seeds)
+    before = torch.random.get_rng_state()
+    for k, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        for got, want in zip(stacked, Siren(variant, out_features=3).state_dict().values(), strict=True):
+            assert torch.equal(got[k], want)
+    assert torch.equal(stacked[0][0], stacked[0][2])
+    torch.random.set_rng_state(before)

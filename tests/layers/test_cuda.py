@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from nfn_lab import layers as L
-from nfn_lab.testing import assert_runs_under_autocast, example_features
+from nfn_lab.testing import assert_runs_under_autocast, channels_last, example_features
 from nfn_lab.weightspace import NetworkSpec, network_spec_from_wsfeat
 
 DEVICE = "cuda"
@@ -97,5 +97,5 @@ def test_token_layer_matches_cpu(name: str) -> None:
 def test_linear_layers_run_under_cuda_bf16_autocast(cls: type, memory: str) -> None:
     x = example_features("mlp", 3, batch_size=4, channels=2)
     if memory == "channels_last":
-        x = x.map(lambda t: t.movedim(1, -1).contiguous().movedim(-1, 1))
+        x = x.map(channels_last)
     assert_runs_under_autocast(cls(network_spec_from_wsfeat(x), 2, 3).to(DEVICE), x.to(DEVICE))

@@ -11,6 +11,7 @@ from nfn_lab.testing import (
     assert_equivariant,
     assert_runs_under_autocast,
     assert_sensitive,
+    channels_last,
     count_orbits,
     example_features,
     jacobian_rank,
@@ -153,11 +154,6 @@ def test_compiles():
     torch.testing.assert_close(compiled(x).weights[1], layer(x).weights[1])
 
 
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    """The same values with the channel axis innermost in memory (as NF-layers output them)."""
-    return t.movedim(1, -1).contiguous().movedim(-1, 1)
-
-
 @pytest.mark.parametrize("memory", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
 @pytest.mark.parametrize("kind,num_layers", [("mlp", 1), ("mlp", 3), ("conv1d", 2)])
@@ -168,7 +164,7 @@ def test_fused_backward_matches_numerical_gradient(cls, kind, num_layers, memory
     layer = cls(network_spec_from_wsfeat(x), 2, 2).double()
     arrays = [t.double() for t in (*x.weights, *x.biases)]
     if memory == "channels_last":
-        arrays = [_channels_last(t) for t in arrays]
+        arrays = [channels_last(t) for t in arrays]
     arrays = [t.requires_grad_() for t in arrays]
 
     def fn(*tensors):
@@ -203,7 +199,7 @@ def test_memory_form_changes_nothing_but_speed(cls, kind, num_layers):
     layer = cls(network_spec_from_wsfeat(x), 3, 4).double()
     results = {}
     for memory in ("channels_first", "channels_last"):
-        arrays = [t.clone() if memory == "channels_first" else _channels_last(t) for t in (*x.weights, *x.biases)]
+        arrays = [t.clone() if memory == "channels_first" else channels_last(t) for t in (*x.weights, *x.biases)]
         arrays = [t.requires_grad_() for t in arrays]
         out = layer(WeightSpaceFeatures(arrays[:num_layers], arrays[num_layers:]))
         outs = (*out.weights, *out.biases)

@@ -1,8 +1,9 @@
 """Elementwise functions through NumPy's SIMD kernels where those are much faster than PyTorch's.
 
 On the CPU of a typical PyTorch build, ``torch.sin``/``torch.cos`` take about 3x and
-``torch.tanh`` about 10x as long as NumPy's float32 kernels, and in the zoo builders they are
-a large share of a training step. These helpers use NumPy for CPU tensors (results equal
+``torch.tanh`` about 10x as long as NumPy's float32 kernels, and in SIREN fitting
+(:class:`nfn_lab.siren.StackedSirenFit`) and the CNN zoo builder they are a large share of a
+training step. These helpers use NumPy for CPU tensors (results equal
 PyTorch's up to float rounding, a few ulp) and PyTorch everywhere else.
 """
 
