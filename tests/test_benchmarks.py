@@ -93,3 +93,13 @@ def test_ratio_is_ref_over_ours_of_medians_and_verdict_checks_both_modes():
 def test_missing_reference_points_to_setup_script(tmp_path):
     with pytest.raises(FileNotFoundError, match="setup_reference.sh"):
         _libraries.reference(tmp_path)
+
+
+def test_gemm_benchmark_times_every_product(tmp_path):
+    from benchmarks import bench_gemm
+
+    assert bench_gemm.main(["--rounds", "1", "--round-seconds", "0.001", "--out-dir", str(tmp_path)]) == 0
+    (table,) = tmp_path.glob("*_gemm.md")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and line.endswith("x |")]
+    assert len(rows) == len(bench_gemm._cases())
+    assert all(float(row.split("|")[-2].strip().rstrip("x")) > 0 for row in rows)

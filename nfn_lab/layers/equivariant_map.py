@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from nfn_lab.layers import gemm
 from nfn_lab.layers.layout import ArrayLayout
 
 __all__ = ["Member", "Term", "MapPlan", "build_plan", "EquivariantMapFunction"]
@@ -162,27 +163,31 @@ def _broadcast_add(rows: Tensor, glob: Tensor, first: bool) -> Tensor:
     return torch.add(rows.transpose(1, 2), glob.unsqueeze(2), out=out)
 
 
-def _matmul_2d(x: Tensor, w: Tensor) -> Tensor:
-    """``(..., K) @ (K, N)`` as one GEMM."""
-    return torch.mm(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[1])
+def _rows(x: Tensor) -> Tensor:
+    """``(..., K)`` -> ``(R, K)``, the entries as matrix rows."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _matmul_2d(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``(..., K) @ (K, N) [+ bias]`` as one GEMM."""
+    return gemm.matmul(_rows(x), w, bias=bias).view(*x.shape[:-1], w.shape[1])
 
 
 def _add_pointwise(out: Tensor, x: Tensor, w: Tensor, first: bool) -> None:
-    """``out += x @ w`` per entry, in place: ``x`` ``(B, n, m, K)`` or ``(B, K, n, m)``, ``w`` ``(K, N)``."""
+    """``out += x @ w`` per entry, in place (``out`` contiguous): ``x`` ``(B, n, m, K)`` or ``(B, K, n, m)``, ``w`` ``(K, N)``."""
     if first:
         batch = x.shape[0]
-        out.view(batch, w.shape[1], -1).baddbmm_(w.t().expand(batch, -1, -1), x.reshape(batch, w.shape[0], -1))
+        gemm.shared_matmul_acc(out.view(batch, w.shape[1], -1), w.t(), x.reshape(batch, w.shape[0], -1))
     else:
-        out.view(-1, w.shape[1]).addmm_(x.reshape(-1, w.shape[0]), w)
+        gemm.matmul_acc(out.view(-1, w.shape[1]), _rows(x), w)
 
 
 def _pointwise_weight_grad(x: Tensor, g: Tensor, first: bool) -> Tensor:
     """``sum over entries of x^T g``: ``(K, N)`` for ``x`` with ``K`` and ``g`` with ``N`` features."""
     if first:
         batch = x.shape[0]
-        g3d = g.reshape(batch, g.shape[1], -1)
-        return torch.bmm(x.reshape(batch, x.shape[1], -1), g3d.transpose(1, 2)).sum(dim=0)
-    return torch.mm(x.reshape(-1, x.shape[-1]).t(), g.reshape(-1, g.shape[-1]))
+        return gemm.batched_matmul_nt_sum(x.reshape(batch, x.shape[1], -1), g.reshape(batch, g.shape[1], -1))
+    return gemm.matmul_tn(_rows(x), _rows(g))
 
 
 class EquivariantMapFunction(torch.autograd.Function):
@@ -220,7 +225,7 @@ class EquivariantMapFunction(torch.autograd.Function):
         for term, w in zip(plan.terms, term_ws):
             inp = _cat([reduced[m.array, m.reduce] for m in term.members])
             term_inputs.append(inp)
-            out = torch.addmm(bias, inp, w) if term.name == "global" else _matmul_2d(inp, w)
+            out = _matmul_2d(inp, w, bias if term.name == "global" else None)
             for a, part in zip(term.outputs, out.split([plan.d_out[a] for a in term.outputs], dim=-1)):
                 parts[a].append(part)
 
@@ -285,8 +290,7 @@ class EquivariantMapFunction(torch.autograd.Function):
         for term, w, inp, need_w in zip(plan.terms, term_ws, term_inputs, needs_term_w):
             key = "global" if term.name == "global" else int(term.name.removeprefix("neuron"))
             g_term = _cat([g_out[a, key] for a in term.outputs])
-            g_flat = g_term.reshape(-1, g_term.shape[-1])
-            term_w_grads.append(torch.mm(inp.reshape(-1, inp.shape[-1]).t(), g_flat) if need_w else None)
+            term_w_grads.append(gemm.matmul_tn(_rows(inp), _rows(g_term)) if need_w else None)
             if term.name == "global":
                 bias_grad = g_term.sum(dim=0)
             g_inp = _matmul_2d(g_term, w.t())

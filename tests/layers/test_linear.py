@@ -211,3 +211,25 @@ def test_memory_form_changes_nothing_but_speed(cls, kind, num_layers):
             assert outs[1 if cls is NPLinear else num_layers // 2].is_contiguous()  # a weight of two permuted axes
     for first, last in zip(*(results[m][0] + results[m][1] for m in ("channels_first", "channels_last"))):
         torch.testing.assert_close(first, last)
+
+
+@pytest.mark.parametrize("memory", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+def test_float32_products_match_float64(cls, memory):
+    """Wide float32 layers run their products on oneDNN where available (nfn_lab/layers/gemm.py):
+    outputs and gradients agree with the same layer in float64. Sizes reach every product path:
+    per-batch-item products (features first), more than one x^T g block (features last)."""
+    x = example_features("mlp", 3, batch_size=3, channels=64, layer_sizes=(2, 32, 32, 2), dtype=torch.float64)
+    layer64 = cls(network_spec_from_wsfeat(x), 64, 64).double()
+    layer32 = cls(network_spec_from_wsfeat(x), 64, 64)
+    layer32.load_state_dict(layer64.state_dict())
+    results = {}
+    for dtype, layer in ((torch.float32, layer32), (torch.float64, layer64)):
+        arrays = [t.to(dtype) for t in (*x.weights, *x.biases)]
+        arrays = [(t.clone() if memory == "channels_first" else channels_last(t)).requires_grad_() for t in arrays]
+        out = layer(WeightSpaceFeatures(arrays[:3], arrays[3:]))
+        outs = (*out.weights, *out.biases)
+        torch.autograd.backward(outs, [torch.ones_like(t) * (i + 1) for i, t in enumerate(outs)])
+        results[dtype] = [t.double() for t in (*outs, *(a.grad for a in arrays), *(p.grad for p in layer.parameters()))]
+    for low, high in zip(results[torch.float32], results[torch.float64]):
+        torch.testing.assert_close(low.detach(), high.detach(), rtol=1e-4, atol=1e-3 * high.abs().max().item())

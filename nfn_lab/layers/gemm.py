@@ -1,0 +1,104 @@
+"""Matrix products for the fused NF-layer maps, on the fastest backend the tensors allow.
+
+PyTorch runs float32 ``torch.mm`` on the CPU through MKL's sgemm. On AMD CPUs MKL takes
+its AVX2 code path, about half the AVX-512 peak; oneDNN (``torch.ops.mkldnn``, the
+library behind PyTorch's CPU convolutions and inductor's CPU linear kernels) comes close
+to the peak on the same shapes: 1.5-2.3x faster on the products of the paper's networks
+(one thread, ``python -m benchmarks.bench_gemm``). This module routes float32/bfloat16
+CPU products through oneDNN's linear op where that is faster, and everything else (CUDA,
+float64, builds without oneDNN, thin products) through ``torch.mm``/``torch.bmm``.
+
+The oneDNN op has no autograd formula: these functions are for code that runs without
+autograd (the forward and backward of :class:`~nfn_lab.layers.equivariant_map.EquivariantMapFunction`).
+Shapes: ``x: (R, K)``, ``w: (K, N)``; batched: ``x: (B, K, P)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["uses_onednn", "matmul", "matmul_acc", "matmul_tn", "shared_matmul_acc", "batched_matmul_nt_sum"]
+
+# oneDNN only where the reduction (and, for x^T g, the output) is at least this wide: thinner
+# products are memory-bound and MKL handles them as fast or faster (benchmarks/bench_gemm.py).
+_MIN_WIDTH = 64
+# Rows per block of x^T g: a long reduction over R rows runs at about half speed in one
+# oneDNN call; blocks of 2048 rows keep both operands in cache.
+_TN_BLOCK_ROWS = 2048
+# Batched products run one oneDNN call per batch item; below this many multiply-adds per
+# item the calls' overhead loses to one MKL batched GEMM.
+_MIN_ITEM_MACS = 1 << 22
+
+
+def _onednn_linear() -> Any:
+    """``torch.ops.mkldnn._linear_pointwise`` (``Y = X @ W^T + B``, ``W: (N, K)``), or None without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
+_LINEAR = _onednn_linear()
+
+
+def uses_onednn(t: Tensor) -> bool:
+    """Whether products of tensors like ``t`` can go through oneDNN (float32/bfloat16 on the CPU)."""
+    return _LINEAR is not None and t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16)
+
+
+def _linear(x: Tensor, w_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ w_t^T + bias`` through oneDNN: ``x: (R, K)``, ``w_t: (N, K)``."""
+    return _LINEAR(x, w_t, bias, "none", [], "")
+
+
+def matmul(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ w [+ bias]``: ``x: (R, K)``, ``w: (K, N)``, ``bias: (N,)`` -> ``(R, N)``."""
+    if uses_onednn(x) and x.shape[1] >= _MIN_WIDTH:
+        return _linear(x, w.t(), bias)
+    return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
+
+
+def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """``out += x @ w`` in place: ``out: (R, N)``, ``x: (R, K)``, ``w: (K, N)``; returns ``out``."""
+    if uses_onednn(x) and x.shape[1] >= _MIN_WIDTH:
+        return out.add_(_linear(x, w.t()))
+    return out.addmm_(x, w)
+
+
+def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
+    """``x^T g``, the gradient of a weight ``(K, N)`` from its input ``x: (R, K)`` and output gradient ``g: (R, N)``."""
+    if not (uses_onednn(x) and min(x.shape[1], g.shape[1]) >= _MIN_WIDTH and x.shape[0] > 0):
+        return torch.mm(x.t(), g)
+    out = _linear(x[:_TN_BLOCK_ROWS].t(), g[:_TN_BLOCK_ROWS].t())
+    for start in range(_TN_BLOCK_ROWS, x.shape[0], _TN_BLOCK_ROWS):
+        stop = start + _TN_BLOCK_ROWS
+        out.add_(_linear(x[start:stop].t(), g[start:stop].t()))
+    return out
+
+
+def _per_item(x: Tensor, macs_per_item: int) -> bool:
+    return uses_onednn(x) and x.shape[0] > 0 and macs_per_item >= _MIN_ITEM_MACS
+
+
+def shared_matmul_acc(out: Tensor, a: Tensor, x: Tensor) -> Tensor:
+    """``out[b] += a @ x[b]`` in place: ``out: (B, N, P)``, ``a: (N, K)``, ``x: (B, K, P)``; returns ``out``."""
+    if not _per_item(x, a.shape[0] * a.shape[1] * x.shape[2]):
+        return out.baddbmm_(a.expand(x.shape[0], -1, -1), x)
+    for b in range(x.shape[0]):  # out[b] (N, P) = a (N, K) @ x[b] (K, P): oneDNN's weight operand is x[b]^T
+        out[b].add_(_linear(a, x[b].t()))
+    return out
+
+
+def batched_matmul_nt_sum(x: Tensor, g: Tensor) -> Tensor:
+    """``sum_b x[b] @ g[b]^T``: ``x: (B, K, P)``, ``g: (B, N, P)`` -> ``(K, N)``."""
+    if not _per_item(x, x.shape[1] * g.shape[1] * x.shape[2]):
+        return torch.bmm(x, g.transpose(1, 2)).sum(dim=0)
+    out = _linear(x[0], g[0])
+    for b in range(1, x.shape[0]):
+        out.add_(_linear(x[b], g[b]))
+    return out
