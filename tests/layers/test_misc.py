@@ -15,7 +15,7 @@ from nfn_lab.testing import (
     example_features,
     non_group_transforms,
 )
-from nfn_lab.weightspace import network_spec_from_wsfeat
+from nfn_lab.weightspace import WeightSpaceFeatures, network_spec_from_wsfeat
 
 CHANNELS = 3
 
@@ -39,6 +39,25 @@ def test_tuple_op_applies_op_to_every_array(kind, num_layers):
         torch.testing.assert_close(b, torch.tanh(a))
     assert_equivariant(layer, x, group="np")
     assert "op=tanh" in repr(layer)
+
+
+def test_tuple_op_runs_eagerly_under_compile_on_cpu():
+    """The op stays out of compiled graphs on the CPU (inductor's ReLU-mask store is slow there),
+    and the compiled module still gives the eager results and gradients."""
+    traced = []
+
+    def relu(t):
+        traced.append(torch.compiler.is_compiling())
+        return torch.relu(t)
+
+    x = example_features("mlp", 2, batch_size=2, channels=3)
+    arrays = [t.clone().requires_grad_() for t in (*x.weights, *x.biases)]
+    out = torch.compile(TupleOp(relu))(WeightSpaceFeatures(arrays[:2], arrays[2:]))
+    assert traced and not any(traced)
+    torch.autograd.backward([*out.weights, *out.biases], [torch.ones_like(t) for t in arrays])
+    for a, o in zip(arrays, (*out.weights, *out.biases)):
+        torch.testing.assert_close(o, torch.relu(a))
+        torch.testing.assert_close(a.grad, (a > 0).to(a.dtype))
 
 
 @pytest.mark.parametrize("kind,num_layers", SPACES)
