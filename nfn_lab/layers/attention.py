@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nfn_lab.layers.channel_map import channel_map
 from nfn_lab.layers.layout import filter_fold, filter_unfold
 from nfn_lab.layers.misc import FlattenWeights, UnflattenWeights
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -319,9 +320,8 @@ def _linear(linear: nn.Linear, x: Tensor, shift: Tensor | None = None) -> Tensor
 
     ``shift``, ``(B, C_in)``, is broadcast over ``rest``; it is mapped once, not per entry.
     """
-    bias = (linear.bias if shift is None else linear(shift)).unsqueeze(-1)  # (C_out, 1) or (B, C_out, 1)
-    weight = linear.weight.expand(x.shape[0], -1, -1)
-    return torch.baddbmm(bias, weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
+    bias = linear.bias if shift is None else linear(shift)  # (C_out,) or (B, C_out)
+    return channel_map(x.flatten(2), linear.weight, bias).view(x.shape[0], -1, *x.shape[2:])
 
 
 def _num_tokens(kind: str, x: Tensor) -> int:

@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["uses_onednn", "matmul", "matmul_acc", "matmul_tn", "shared_matmul_acc", "batched_matmul_nt_sum"]
+__all__ = [
+    "uses_onednn",
+    "matmul",
+    "matmul_acc",
+    "matmul_tn",
+    "shared_matmul",
+    "shared_matmul_acc",
+    "batched_matmul_nt_sum",
+]
 
 # oneDNN only where the reduction (and, for x^T g, the output) is at least this wide: thinner
 # products are memory-bound and MKL handles them as fast or faster (benchmarks/bench_gemm.py).
@@ -83,6 +91,13 @@ def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
 
 def _per_item(x: Tensor, macs_per_item: int) -> bool:
     return uses_onednn(x) and x.shape[0] > 0 and macs_per_item >= _MIN_ITEM_MACS
+
+
+def shared_matmul(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x[b]`` for every ``b``: ``a: (N, K)``, ``x: (B, K, P)`` -> ``(B, N, P)``."""
+    if not _per_item(x, a.shape[0] * a.shape[1] * x.shape[2]):
+        return torch.bmm(a.expand(x.shape[0], -1, -1), x)
+    return torch.stack([_linear(a, item.t()) for item in x])
 
 
 def shared_matmul_acc(out: Tensor, a: Tensor, x: Tensor) -> Tensor:

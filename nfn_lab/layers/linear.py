@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from nfn_lab.layers.channel_map import channel_map
 from nfn_lab.layers.equivariant_map import EquivariantMapFunction, build_plan
 from nfn_lab.layers.layout import network_layouts
 from nfn_lab.symmetry import permuted_layers
@@ -252,7 +253,9 @@ class Pointwise(nn.Module):
 class ChannelLinear(nn.Module):
     """A linear map over the channel axis (axis 1) of a tensor ``(B, C_in, ...) -> (B, C_out, ...)``.
 
-    Apply it to features with ``TupleOp(ChannelLinear(...))``.
+    Apply it to features with ``TupleOp(ChannelLinear(...))``. Parameters are those of the
+    wrapped ``nn.Linear`` (``linear.weight``, ``linear.bias``); the product runs through
+    :func:`~nfn_lab.layers.channel_map.channel_map`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
@@ -260,4 +263,5 @@ class ChannelLinear(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+        out = channel_map(x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1), self.linear.weight, self.linear.bias)
+        return out.view(x.shape[0], -1, *x.shape[2:])

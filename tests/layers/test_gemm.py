@@ -40,6 +40,7 @@ def test_batched_products_match_torch(batch, k, p, n, dtype):
     a, x = _randn(n, k, dtype=dtype), _randn(batch, k, p, dtype=dtype)
     out, g = _randn(batch, n, p, dtype=dtype), _randn(batch, n, p, dtype=dtype)
     tol = TOLERANCES[dtype]
+    torch.testing.assert_close(gemm.shared_matmul(a, x).double(), a.double() @ x.double(), **tol)
     expected = out.double() + a.double() @ x.double()
     result = gemm.shared_matmul_acc(out, a, x)
     assert result.data_ptr() == out.data_ptr()
