@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from nfn_lab._fast_math import sin_and_cos
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["GaussianFourierFeatureTransform", "IOSinusoidalEncoding", "LearnedPosEmbedding", "fourier_encode"]
@@ -48,7 +49,7 @@ class GaussianFourierFeatureTransform(nn.Module):
 
     def _encode(self, x: Tensor) -> Tensor:
         z = 2 * math.pi * (x.movedim(1, -1) @ self.projection)  # (B, ..., mapping_size)
-        return torch.cat([z.sin(), z.cos()], dim=-1).movedim(-1, 1)
+        return sin_and_cos(z).movedim(-1, 1)
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self.network_spec.check_features(wsfeat, self.in_channels, where="GaussianFourierFeatureTransform")
