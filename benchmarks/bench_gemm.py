@@ -34,6 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # (what, rows R, K, N): x (R, K) @ w (K, N), and its weight gradient x^T g.
 PRODUCTS = [
     ("CNN zoo B=128, HNP pointwise 16->16 ch.", 32768, 144, 144),
+    ("CNN zoo B=128, HNP pointwise 16->5 ch.", 32768, 144, 45),
     ("CNN zoo B=128, HNP broadcast term", 2048, 304, 304),
     ("CNN zoo B=8, HNP pointwise 16->16 ch.", 2048, 144, 144),
     ("SIREN B=32, edit pointwise 128->128 ch.", 32768, 128, 128),

@@ -30,9 +30,12 @@ __all__ = [
     "batched_matmul_nt_sum",
 ]
 
-# oneDNN only where the reduction (and, for x^T g, the output) is at least this wide: thinner
-# products are memory-bound and MKL handles them as fast or faster (benchmarks/bench_gemm.py).
+# oneDNN only where the reduction (for x^T g: the wider side of the output) is at least this
+# wide: thinner products are memory-bound and MKL runs them as fast or faster (bench_gemm.py).
 _MIN_WIDTH = 64
+# x^T g goes through oneDNN when its wider side is at least _MIN_WIDTH and its narrower at
+# least this: a thinner product (e.g. a 1-channel output) is faster on MKL.
+_MIN_TN_NARROW = 8
 # Rows per block of x^T g: a long reduction over R rows runs at about half speed in one
 # oneDNN call; blocks of 2048 rows keep both operands in cache.
 _TN_BLOCK_ROWS = 2048
@@ -80,12 +83,19 @@ def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
 
 def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
     """``x^T g``, the gradient of a weight ``(K, N)`` from its input ``x: (R, K)`` and output gradient ``g: (R, N)``."""
-    if not (uses_onednn(x) and min(x.shape[1], g.shape[1]) >= _MIN_WIDTH and x.shape[0] > 0):
+    narrow, wide = sorted((x.shape[1], g.shape[1]))
+    if not (uses_onednn(x) and wide >= _MIN_WIDTH and narrow >= _MIN_TN_NARROW and x.shape[0] > 0):
         return torch.mm(x.t(), g)
-    out = _linear(x[:_TN_BLOCK_ROWS].t(), g[:_TN_BLOCK_ROWS].t())
-    for start in range(_TN_BLOCK_ROWS, x.shape[0], _TN_BLOCK_ROWS):
+    # oneDNN runs the product fastest with the narrower operand as its left factor.
+    return _blocked_tn(x, g) if x.shape[1] <= g.shape[1] else _blocked_tn(g, x).t()
+
+
+def _blocked_tn(a: Tensor, b: Tensor) -> Tensor:
+    """``a^T b`` summed over blocks of :data:`_TN_BLOCK_ROWS` rows, through oneDNN."""
+    out = _linear(a[:_TN_BLOCK_ROWS].t(), b[:_TN_BLOCK_ROWS].t())
+    for start in range(_TN_BLOCK_ROWS, a.shape[0], _TN_BLOCK_ROWS):
         stop = start + _TN_BLOCK_ROWS
-        out.add_(_linear(x[start:stop].t(), g[start:stop].t()))
+        out.add_(_linear(a[start:stop].t(), b[start:stop].t()))
     return out
 
 

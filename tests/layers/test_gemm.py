@@ -7,8 +7,9 @@ from nfn_lab.layers import gemm
 
 needs_onednn = pytest.mark.skipif(gemm._LINEAR is None, reason="this PyTorch build has no oneDNN linear op")
 
-# (R, K, N): thin (MKL), wide (oneDNN), more rows than one x^T g block, and no rows.
-SHAPES = [(5, 3, 4), (70, 64, 80), (2 * gemm._TN_BLOCK_ROWS + 3, 96, 64), (0, 64, 64)]
+# (R, K, N): thin (MKL); wide (oneDNN); more rows than one x^T g block, with the narrower side
+# of x^T g on either operand; and no rows.
+SHAPES = [(5, 3, 4), (70, 64, 80), (2 * gemm._TN_BLOCK_ROWS + 3, 96, 9), (2100, 9, 72), (0, 64, 64)]
 # (B, K, P, N): below and above the per-item size for batched products, and no batch.
 BATCHED_SHAPES = [(3, 8, 5, 6), (2, 64, 1024, 64), (0, 64, 1024, 64)]
 TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-3}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
