@@ -20,9 +20,14 @@ from nfn_lab.layers import gemm
 __all__ = ["channel_map"]
 
 
+@torch.compiler.disable
 def channel_map(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight @ x[b] (+ bias)``: ``x: (B, C_in, P)``, ``weight: (C_out, C_in)``, ``bias: (C_out,)``,
-    per sample ``(B, C_out)``, or None -> ``(B, C_out, P)`` (contiguous)."""
+    per sample ``(B, C_out)``, or None -> ``(B, C_out, P)`` (contiguous).
+
+    Kept out of ``torch.compile`` graphs (a graph break): inductor cannot lower the oneDNN
+    calls of its forward and backward (they are not the prepacked form it generates itself).
+    """
     return _ChannelMapFunction.apply(x, weight, bias)
 
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nfn_lab.layers.channel_map import channel_map
+from nfn_lab.layers.linear import ChannelLinear
 
 
 def _reference(x, weight, bias):
@@ -55,3 +56,19 @@ def test_runs_under_bf16_autocast_like_linear():
         expected = F.linear(x.transpose(1, 2), weight, bias).transpose(1, 2)
     assert out.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected.float(), rtol=0.02, atol=0.05)
+
+
+def test_compiles_at_onednn_sizes():
+    """Large float32 items take the oneDNN path, which inductor cannot lower: channel_map stays
+    out of the compiled graph and the compiled module matches eager, gradients included."""
+    layer = ChannelLinear(64, 192)
+    x = torch.randn(2, 64, 32, 32)
+    results = []
+    for module in (layer, torch.compile(layer)):
+        leaf = x.clone().requires_grad_()
+        layer.zero_grad()
+        out = module(leaf)
+        out.backward(torch.ones_like(out))
+        results.append([out, leaf.grad, layer.linear.weight.grad.clone()])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager)
