@@ -59,8 +59,8 @@ def test_runs_under_bf16_autocast_like_linear():
 
 
 def test_compiles_at_onednn_sizes():
-    """Large float32 items take the oneDNN path, which inductor cannot lower: channel_map stays
-    out of the compiled graph and the compiled module matches eager, gradients included."""
+    """Large float32 items take the oneDNN path eagerly, which inductor cannot lower: compiled,
+    channel_map is traced as torch.baddbmm, and matches eager, gradients included."""
     layer = ChannelLinear(64, 192)
     x = torch.randn(2, 64, 32, 32)
     results = []
@@ -70,5 +70,5 @@ def test_compiles_at_onednn_sizes():
         out = module(leaf)
         out.backward(torch.ones_like(out))
         results.append([out, leaf.grad, layer.linear.weight.grad.clone()])
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager)
+    for eager, compiled in zip(*results):  # different summation orders: float32 rounding
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5 * eager.abs().max().item())
