@@ -5,7 +5,7 @@ import torch
 
 from nfn_lab.layers import HNPPool, NPPool
 from nfn_lab.testing import SPACES, assert_invariant, assert_sensitive, example_features, non_group_transforms
-from nfn_lab.weightspace import network_spec_from_wsfeat
+from nfn_lab.weightspace import WeightSpaceFeatures, network_spec_from_wsfeat
 
 
 
@@ -51,3 +51,24 @@ def test_get_num_outs_matches_reference_formula_for_small_cnn_zoo():
     spec = NetworkSpec.from_shapes([(-1, 1, 3, 3), (-1, -1, 3, 3), (-1, -1, 3, 3), (10, -1)], [(-1,), (-1,), (-1,), (10,)])
     assert NPPool.get_num_outs(spec) == 3 * (9 + 1) + (1 + 1)
     assert HNPPool.get_num_outs(spec) == (1 * 9 + 1) + 2 * (9 + 1) + (10 + 10)
+
+
+@pytest.mark.parametrize("cls", [NPPool, HNPPool])
+def test_gradient_reaches_arrays_as_broadcast_view(cls):
+    """The pools' gradient is not materialized per entry (see pooling._mean): an activation
+    backward before the pool then reads one layout, whatever the features' memory form."""
+    x = example_features("conv2d", 3, batch_size=2, channels=3)
+    arrays = [t.clone().requires_grad_() for t in (*x.weights, *x.biases)]
+    grads = {}
+    for i, t in enumerate(arrays):
+        t.register_hook(lambda g, i=i: grads.setdefault(i, g))
+    pooled = cls(network_spec_from_wsfeat(x))(WeightSpaceFeatures(arrays[:3], arrays[3:]))
+    pooled.backward(torch.ones_like(pooled))
+    pool_order = [a for pair in zip(range(3), range(3, 6)) for a in pair]  # W(1), b(1), W(2), ...
+    for a, dims in zip(pool_order, cls(network_spec_from_wsfeat(x))._mean_dims):
+        if dims:  # averaged over its permuted neuron axes: d mean / d entry = 1 / count
+            assert 0 in grads[a].stride()
+            count = 1
+            for d in dims:
+                count *= arrays[a].shape[d]
+            torch.testing.assert_close(arrays[a].grad, torch.full_like(arrays[a], 1 / count))
