@@ -8,6 +8,9 @@ to the peak on the same shapes: 1.5-2.3x faster on the products of the paper's n
 CPU products through oneDNN's linear op where that is faster, and everything else (CUDA,
 float64, builds without oneDNN, thin products) through ``torch.mm``/``torch.bmm``.
 
+Set the environment variable ``NFN_LAB_ONEDNN=0`` (before importing nfn_lab) to run every
+product on ``torch.mm``/``torch.bmm``, e.g. to compare against plain PyTorch.
+
 The oneDNN op has no autograd formula: these functions are for code that runs without
 autograd (the forward and backward of :class:`~nfn_lab.layers.equivariant_map.EquivariantMapFunction`).
 Shapes: ``x: (R, K)``, ``w: (K, N)``; batched: ``x: (B, K, P)``.
@@ -15,6 +18,7 @@ Shapes: ``x: (R, K)``, ``w: (K, N)``; batched: ``x: (B, K, P)``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -45,8 +49,9 @@ _MIN_ITEM_MACS = 1 << 22
 
 
 def _onednn_linear() -> Any:
-    """``torch.ops.mkldnn._linear_pointwise`` (``Y = X @ W^T + B``, ``W: (N, K)``), or None without oneDNN."""
-    if not torch.backends.mkldnn.is_available():
+    """``torch.ops.mkldnn._linear_pointwise`` (``Y = X @ W^T + B``, ``W: (N, K)``), or None without
+    oneDNN or with ``NFN_LAB_ONEDNN=0``."""
+    if os.environ.get("NFN_LAB_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise.default

@@ -1,5 +1,9 @@
 """The matrix products behind the fused NF-layer maps: every backend path against float64 torch."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -74,3 +78,10 @@ def test_wide_float32_products_go_through_onednn(monkeypatch):
     gemm.matmul(x[:, :8], w[:8])  # thin: MKL
     assert len(calls) == 2
     assert gemm.uses_onednn(x) and not gemm.uses_onednn(x.double())
+
+
+def test_environment_variable_turns_onednn_off():
+    code = "import torch; from nfn_lab.layers import gemm; print(gemm.uses_onednn(torch.zeros(1)))"
+    env = {**os.environ, "NFN_LAB_ONEDNN": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
