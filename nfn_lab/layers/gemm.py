@@ -3,8 +3,8 @@
 PyTorch runs float32 ``torch.mm`` on the CPU through MKL's sgemm. On AMD CPUs MKL takes
 its AVX2 code path, about half the AVX-512 peak; oneDNN (``torch.ops.mkldnn``, the
 library behind PyTorch's CPU convolutions and inductor's CPU linear kernels) comes close
-to the peak on the same shapes: 1.5-2.3x faster on the products of the paper's networks
-(one thread, ``python -m benchmarks.bench_gemm``). This module routes float32/bfloat16
+to the peak on the same shapes: 1.3-3.3x faster on the products of the paper's networks
+(one thread, ``python -m benchmarks.bench_gemm``, ``benchmarks/results/20261128-021755_gemm.md``). This module routes float32/bfloat16
 CPU products through oneDNN's linear op where that is faster, and everything else (CUDA,
 float64, builds without oneDNN, thin products) through ``torch.mm``/``torch.bmm``.
 
@@ -12,7 +12,8 @@ Set the environment variable ``NFN_LAB_ONEDNN=0`` (before importing nfn_lab) to 
 product on ``torch.mm``/``torch.bmm``, e.g. to compare against plain PyTorch.
 
 The oneDNN op has no autograd formula: these functions are for code that runs without
-autograd (the forward and backward of :class:`~nfn_lab.layers.equivariant_map.EquivariantMapFunction`).
+autograd (the hand-written forward and backward passes of
+:class:`~nfn_lab.layers.equivariant_map.EquivariantMapFunction` and :mod:`nfn_lab.layers.channel_map`).
 Shapes: ``x: (R, K)``, ``w: (K, N)``; batched: ``x: (B, K, P)``.
 """
 
