@@ -145,6 +145,14 @@ def test_channel_linear_maps_channel_axis():
     torch.testing.assert_close(lin(x), expected)
 
 
+def test_channel_linear_without_bias_and_on_flat_inputs():
+    lin = ChannelLinear(3, 5, bias=False)
+    x = torch.randn(2, 3, 4, 6, 7)
+    torch.testing.assert_close(lin(x), torch.einsum("oc,bcijk->boijk", lin.linear.weight, x))
+    flat = torch.randn(4, 3)  # (B, C): no neuron axes
+    torch.testing.assert_close(lin(flat), flat @ lin.linear.weight.t())
+
+
 @pytest.mark.slow
 def test_compiles():
     x = _features("conv2d", 3).to(torch.float32)
