@@ -174,7 +174,10 @@ def _matmul_2d(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def _add_pointwise(out: Tensor, x: Tensor, w: Tensor, first: bool) -> None:
-    """``out += x @ w`` per entry, in place (``out`` contiguous): ``x`` ``(B, n, m, K)`` or ``(B, K, n, m)``, ``w`` ``(K, N)``."""
+    """``out += x @ w`` per entry, in place (``out`` contiguous).
+
+    ``x`` ``(B, n, m, K)`` or, features first, ``(B, K, n, m)``; ``w`` ``(K, N)``.
+    """
     if first:
         batch = x.shape[0]
         gemm.shared_matmul_acc(out.view(batch, w.shape[1], -1), w.t(), x.reshape(batch, w.shape[0], -1))

@@ -4,7 +4,8 @@ PyTorch runs float32 ``torch.mm`` on the CPU through MKL's sgemm. On AMD CPUs MK
 its AVX2 code path, about half the AVX-512 peak; oneDNN (``torch.ops.mkldnn``, the
 library behind PyTorch's CPU convolutions and inductor's CPU linear kernels) comes close
 to the peak on the same shapes: 1.3-3.3x faster on the products of the paper's networks
-(one thread, ``python -m benchmarks.bench_gemm``, ``benchmarks/results/20261128-021755_gemm.md``). This module routes float32/bfloat16
+(one thread, ``python -m benchmarks.bench_gemm``; recorded in
+``benchmarks/results/20261128-021755_gemm.md``). This module routes float32/bfloat16
 CPU products through oneDNN's linear op where that is faster, and everything else (CUDA,
 float64, builds without oneDNN, thin products) through ``torch.mm``/``torch.bmm``.
 
