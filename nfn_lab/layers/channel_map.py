@@ -24,11 +24,13 @@ def channel_map(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     """``weight @ x[b] (+ bias)``: ``x: (B, C_in, P)``, ``weight: (C_out, C_in)``, ``bias: (C_out,)``,
     per sample ``(B, C_out)``, or None -> ``(B, C_out, P)`` (contiguous).
 
-    Under ``torch.compile`` this is a plain ``torch.baddbmm`` for inductor to trace: it cannot
-    lower the oneDNN calls of the hand-written function, and a graph break per projection
-    costs more than they gain (NF-attention, compiled, CPU).
+    Where the products would not run on oneDNN (CUDA, float64, small items), and under
+    ``torch.compile``, this is a plain ``torch.baddbmm`` with autograd's backward: the
+    hand-written function only pays for its extra Python where oneDNN runs. Inductor cannot
+    lower its oneDNN calls, and a graph break per projection costs more than they gain
+    (NF-attention, compiled, CPU).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not gemm.shared_matmul_uses_onednn(weight, x):
         batch_weight = weight.expand(x.shape[0], -1, -1)
         if bias is None:
             return torch.bmm(batch_weight, x)

@@ -33,6 +33,7 @@ __all__ = [
     "matmul_tn",
     "shared_matmul",
     "shared_matmul_acc",
+    "shared_matmul_uses_onednn",
     "batched_matmul_nt_sum",
 ]
 
@@ -110,16 +111,21 @@ def _per_item(x: Tensor, macs_per_item: int) -> bool:
     return uses_onednn(x) and x.shape[0] > 0 and macs_per_item >= _MIN_ITEM_MACS
 
 
+def shared_matmul_uses_onednn(a: Tensor, x: Tensor) -> bool:
+    """Whether :func:`shared_matmul` of ``a: (N, K)`` and ``x: (B, K, P)`` runs on oneDNN (else one ``torch.bmm``)."""
+    return _per_item(x, a.shape[0] * a.shape[1] * x.shape[2])
+
+
 def shared_matmul(a: Tensor, x: Tensor) -> Tensor:
     """``a @ x[b]`` for every ``b``: ``a: (N, K)``, ``x: (B, K, P)`` -> ``(B, N, P)``."""
-    if not _per_item(x, a.shape[0] * a.shape[1] * x.shape[2]):
+    if not shared_matmul_uses_onednn(a, x):
         return torch.bmm(a.expand(x.shape[0], -1, -1), x)
     return torch.stack([_linear(a, item.t()) for item in x])
 
 
 def shared_matmul_acc(out: Tensor, a: Tensor, x: Tensor) -> Tensor:
     """``out[b] += a @ x[b]`` in place: ``out: (B, N, P)``, ``a: (N, K)``, ``x: (B, K, P)``; returns ``out``."""
-    if not _per_item(x, a.shape[0] * a.shape[1] * x.shape[2]):
+    if not shared_matmul_uses_onednn(a, x):
         return out.baddbmm_(a.expand(x.shape[0], -1, -1), x)
     for b in range(x.shape[0]):  # out[b] (N, P) = a (N, K) @ x[b] (K, P): oneDNN's weight operand is x[b]^T
         out[b].add_(_linear(a, x[b].t()))
