@@ -307,6 +307,14 @@ class StackedSirenFit:
         self.output = torch.empty_like(target)  # (N, P, C)
         self.upstream = torch.empty_like(self.sines[0])  # d loss / d (a sine layer's output), (N, P, H)
 
+    @classmethod
+    def to_images(cls, params: Sequence[Tensor], images: Tensor, variant: SirenVariant, lr: float) -> StackedSirenFit:
+        """A fit of SIRENs of ``variant`` to ``images: (N, C, S, S)`` (one per image), at the variant's
+        pixel coordinates and with its output offset; ``params`` as for the constructor."""
+        facts = _facts(variant)
+        coords = make_coordinates(images.shape[-1], facts.indexing, dtype=images.dtype, device=images.device)
+        return cls(params, coords, pixel_targets(images), OMEGA0, facts.output_offset, lr)
+
     def forward(self) -> Tensor:
         """The SIRENs' outputs ``(N, P, C)``, keeping each sine layer's sines and cosines."""
         h = self.coords
@@ -343,6 +351,10 @@ class StackedSirenFit:
         self.gradients()
         self.optimizer.step()
 
+    def render_images(self) -> Tensor:
+        """The current SIRENs' images ``(N, C, S, S)`` (square coordinate grids, as :func:`render` gives)."""
+        return rearrange(self.forward(), "n (h w) c -> n c h w", h=math.isqrt(self.target.shape[1]))
+
 
 def pixel_targets(images: Tensor) -> Tensor:
     """Images ``(N, C, S, S)`` -> per SIREN its outputs at the row-major pixel coordinates ``(N, S*S, C)``."""
@@ -368,13 +380,12 @@ def fit(
     Returns:
         the fitted weights: ``weights[i]: (B, 1, n_out, n_in)``, ``biases[i]: (B, 1, n_out)``.
     """
-    channels, size = images.shape[1], images.shape[-1]
+    channels = images.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sirens = [Siren(variant, out_features=channels) for _ in range(images.shape[0])]
     params = [torch.stack(arrays).to(images) for arrays in zip(*(s.state_dict().values() for s in sirens))]
-    coords = make_coordinates(size, sirens[0].indexing, dtype=images.dtype, device=images.device)
-    fitting = StackedSirenFit(params, coords, pixel_targets(images), OMEGA0, sirens[0].output_offset, lr)
+    fitting = StackedSirenFit.to_images(params, images, variant, lr)
     for _ in range(steps):
         fitting.step()
     arrays = [p.unsqueeze(1) for p in fitting.params]  # (B, 1, ...)

@@ -43,14 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
 from nfn_lab.data.arrow_format import ZooWriter, check_destination
-from nfn_lab.siren import OMEGA0, Siren, StackedSirenFit, make_coordinates, pixel_targets
+from nfn_lab.siren import Siren, StackedSirenFit
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = ["INRZooConfig", "ImageSet", "TARGETS", "build_inr_zoo", "load_images", "psnr"]
@@ -318,27 +317,18 @@ def fit_chunk(
         and ``psnr: (N,)``.
     """
     index = torch.tensor([i for i, _ in items])
-    channels, size = images.images.shape[1], images.images.shape[-1]
+    channels = images.images.shape[1]
     target = _targets(images.images[index], config.variant).to(device)  # (N, C, S, S)
     seeds = [derive_seed(config.seed, _STREAM_INIT, i, c) for i, c in items]
-    with torch.device("meta"):  # the variant's output offset and coordinate order (no random draws)
-        template = Siren(config.variant, out_features=channels)
-    fit = StackedSirenFit(
-        [p.to(device) for p in init_sirens(config.variant, channels, seeds)],
-        make_coordinates(size, template.indexing, device=device),
-        pixel_targets(target),
-        OMEGA0,
-        template.output_offset,
-        config.lr,
-    )
+    initial = [p.to(device) for p in init_sirens(config.variant, channels, seeds)]
+    fit = StackedSirenFit.to_images(initial, target, config.variant, config.lr)
     report_every = max(1, config.steps // 20)
     for step in range(config.steps):
         fit.step()
         if (step + 1) % report_every == 0:
             advance(len(items) * report_every / config.steps)
     params = [p.clone() for p in fit.params]
-    rendered = rearrange(fit.forward(), "n (h w) c -> n c h w", h=size)  # what render() gives, (N, C, S, S)
-    fitted = psnr(rendered, target, config.variant)
+    fitted = psnr(fit.render_images(), target, config.variant)
     out = {
         "image_index": index,
         "copy": torch.tensor([c for _, c in items]),

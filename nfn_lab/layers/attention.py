@@ -27,7 +27,6 @@ the same token count and width share one ``scaled_dot_product_attention`` call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterable
 
 import torch
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfn_lab.layers.channel_map import channel_map
-from nfn_lab.layers.layout import filter_fold, filter_unfold
+from nfn_lab.layers.layout import filter_fold, filter_unfold, mean_over
 from nfn_lab.layers.misc import FlattenWeights, UnflattenWeights
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -151,13 +150,12 @@ class NPAttention(nn.Module):
         """Attention among the per-array means: ``(B, 2L, C)``."""
         means = []
         for a, x in enumerate(inputs):
-            # mean(qkv(x)) = qkv(mean(x)): average whichever of the two is smaller. Sums
-            # backpropagate as views, means as materialized tensors.
-            dims, count = tuple(range(2, x.dim())), math.prod(x.shape[2:])
+            # mean(qkv(x)) = qkv(mean(x)): average whichever of the two is smaller.
+            dims = range(2, x.dim())
             if qkv is not None and qkv[a].shape[1] < x.shape[1]:
-                means.append(qkv[a].sum(dims) / count)
+                means.append(mean_over(qkv[a], dims))
             else:
-                means.append(self._qkv(a)(x.sum(dims) / count))
+                means.append(self._qkv(a)(mean_over(x, dims)))
         qkv_means = torch.stack(means, dim=1)  # (B, 2L, 3C)
         q, k, v = qkv_means.view(*qkv_means.shape[:2], 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         out = _attention(q, k, v, 0.0)  # (B, H, 2L, ch)

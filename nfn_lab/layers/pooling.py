@@ -15,7 +15,7 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from nfn_lab.layers.layout import ArrayLayout, network_layouts
+from nfn_lab.layers.layout import ArrayLayout, mean_over, network_layouts
 from nfn_lab.symmetry import Group, permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -48,21 +48,11 @@ class _InvariantPool(nn.Module):
         """Features ``(B, C, ...)`` -> pooled ``(B, C, num_outs)``."""
         self.network_spec.check_features(wsfeat, where=type(self).__name__)
         arrays = [x for pair in zip(wsfeat.weights, wsfeat.biases) for x in pair]
-        pooled = [_mean(x, dims) if dims else x for x, dims in zip(arrays, self._mean_dims)]
+        pooled = [mean_over(x, dims) if dims else x for x, dims in zip(arrays, self._mean_dims)]
         return torch.cat([p.reshape(*p.shape[:2], -1) for p in pooled], dim=-1)
 
     def extra_repr(self) -> str:
         return f"num_layers={len(self.network_spec)}, num_outs={self.get_num_outs(self.network_spec)}"
-
-
-def _mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """``x.mean(dims)`` as a sum and a scale, whose gradient is a broadcast view of ``x``'s shape.
-
-    ``mean``'s backward materializes a contiguous gradient; when ``x`` is channels-last (the
-    NF-layers' output form), the activation backward before the pool then mixes two layouts,
-    about 4x slower than with the view (a ReLU over the pooled features: 8.6 ms vs 2.4 ms).
-    """
-    return x.sum(dim=dims) * (1 / math.prod(x.shape[d] for d in dims))
 
 
 class NPPool(_InvariantPool):

@@ -55,7 +55,7 @@ def test_get_num_outs_matches_reference_formula_for_small_cnn_zoo():
 
 @pytest.mark.parametrize("cls", [NPPool, HNPPool])
 def test_gradient_reaches_arrays_as_broadcast_view(cls):
-    """The pools' gradient is not materialized per entry (see pooling._mean): an activation
+    """The pools' gradient is not materialized per entry (see layout.mean_over): an activation
     backward before the pool then reads one layout, whatever the features' memory form."""
     x = example_features("conv2d", 3, batch_size=2, channels=3)
     arrays = [t.clone().requires_grad_() for t in (*x.weights, *x.biases)]
