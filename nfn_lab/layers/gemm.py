@@ -43,6 +43,9 @@ _MIN_WIDTH = 64
 # x^T g goes through oneDNN when its wider side is at least _MIN_WIDTH and its narrower at
 # least this: a thinner product (e.g. a 1-channel output) is faster on MKL.
 _MIN_TN_NARROW = 8
+# oneDNN only for products of at least this many multiply-adds: its calls cost about 12 us
+# more than MKL's, which smaller products do not win back (crossover near 1M, bench_gemm.py).
+_MIN_MACS = 1 << 20
 # Rows per block of x^T g: a long reduction over R rows runs at about half speed in one
 # oneDNN call; blocks of 2048 rows keep both operands in cache.
 _TN_BLOCK_ROWS = 2048
@@ -75,16 +78,21 @@ def _linear(x: Tensor, w_t: Tensor, bias: Tensor | None = None) -> Tensor:
     return _LINEAR(x, w_t, bias, "none", [], "")
 
 
+def _wide_and_large(x: Tensor, width: int, macs: int) -> bool:
+    """Whether a product of tensors like ``x`` with reduction ``width`` and ``macs`` multiply-adds runs on oneDNN."""
+    return uses_onednn(x) and width >= _MIN_WIDTH and macs >= _MIN_MACS
+
+
 def matmul(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ w [+ bias]``: ``x: (R, K)``, ``w: (K, N)``, ``bias: (N,)`` -> ``(R, N)``."""
-    if uses_onednn(x) and x.shape[1] >= _MIN_WIDTH:
+    if _wide_and_large(x, x.shape[1], x.shape[0] * x.shape[1] * w.shape[1]):
         return _linear(x, w.t(), bias)
     return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
 
 
 def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """``out += x @ w`` in place: ``out: (R, N)``, ``x: (R, K)``, ``w: (K, N)``; returns ``out``."""
-    if uses_onednn(x) and x.shape[1] >= _MIN_WIDTH:
+    if _wide_and_large(x, x.shape[1], x.shape[0] * x.shape[1] * w.shape[1]):
         return out.add_(_linear(x, w.t()))
     return out.addmm_(x, w)
 
@@ -92,7 +100,7 @@ def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
 def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
     """``x^T g``, the gradient of a weight ``(K, N)`` from its input ``x: (R, K)`` and output gradient ``g: (R, N)``."""
     narrow, wide = sorted((x.shape[1], g.shape[1]))
-    if not (uses_onednn(x) and wide >= _MIN_WIDTH and narrow >= _MIN_TN_NARROW and x.shape[0] > 0):
+    if not (_wide_and_large(x, wide, x.shape[0] * narrow * wide) and narrow >= _MIN_TN_NARROW):
         return torch.mm(x.t(), g)
     # oneDNN runs the product fastest with the narrower operand as its left factor.
     return _blocked_tn(x, g) if x.shape[1] <= g.shape[1] else _blocked_tn(g, x).t()

@@ -11,9 +11,9 @@ from nfn_lab.layers import gemm
 
 needs_onednn = pytest.mark.skipif(gemm._LINEAR is None, reason="this PyTorch build has no oneDNN linear op")
 
-# (R, K, N): thin (MKL); wide (oneDNN); more rows than one x^T g block, with the narrower side
+# (R, K, N): thin (MKL); wide but below oneDNN's size (MKL); wide and large (oneDNN); more rows than one x^T g block, with the narrower side
 # of x^T g on either operand; and no rows.
-SHAPES = [(5, 3, 4), (70, 64, 80), (2 * gemm._TN_BLOCK_ROWS + 3, 96, 9), (2100, 9, 72), (0, 64, 64)]
+SHAPES = [(5, 3, 4), (70, 64, 80), (300, 64, 80), (2 * gemm._TN_BLOCK_ROWS + 3, 96, 9), (2100, 9, 72), (0, 64, 64)]
 # (B, K, P, N): below and above the per-item size for batched products, and no batch.
 BATCHED_SHAPES = [(3, 8, 5, 6), (2, 64, 1024, 64), (0, 64, 1024, 64)]
 TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-3}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
@@ -70,12 +70,14 @@ def test_wide_float32_products_go_through_onednn(monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(gemm, "_LINEAR", counting)
-    x, w = torch.randn(128, 64), torch.randn(64, 64)
+    x, w = torch.randn(256, 64), torch.randn(64, 64)
     gemm.matmul(x, w)
     gemm.matmul_tn(x, x)
     assert calls == [torch.float32, torch.float32]
     gemm.matmul(x.double(), w.double())  # float64: MKL
     gemm.matmul(x[:, :8], w[:8])  # thin: MKL
+    gemm.matmul(x[:64], w)  # under 1M multiply-adds: MKL
+    gemm.matmul_tn(x[:64], x[:64])
     assert len(calls) == 2
     assert gemm.uses_onednn(x) and not gemm.uses_onednn(x.double())
 
