@@ -20,9 +20,10 @@ Convolution filters are folded into the channels: a weight entry's features ``(C
 are projected to ``C``-dimensional queries, keys and values, and an *unprojection*
 ``C -> C * prod(filter)`` restores the filter from the attention output.
 
-Implementation: everything stays channels-first; each array is projected once, the tokens
-of a neuron layer are gathered by one ``cat`` per query/key/value, and neuron layers with
-the same token count and width share one ``scaled_dot_product_attention`` call.
+Implementation: everything stays channels-first; each array is projected once, neuron
+layers with the same token count and width attend in one call, and
+:mod:`nfn_lab.layers.attention_tokens` gathers their tokens and puts the outputs back, one
+pass over each array in each direction.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nfn_lab.layers.attention_tokens import gather_tokens, scatter_tokens, token_groups
 from nfn_lab.layers.channel_map import channel_map
 from nfn_lab.layers.layout import filter_fold, filter_unfold, mean_over
 from nfn_lab.layers.misc import FlattenWeights, UnflattenWeights
@@ -163,44 +165,13 @@ class NPAttention(nn.Module):
 
     def _cross_term(self, qkv: list[Tensor]) -> list[Tensor]:
         """Attention among the tokens of each neuron layer: per array ``(B, C, *neurons)``."""
-        num_layers = len(qkv) // 2
-        batch, heads, head_channels = qkv[0].shape[0], self.num_heads, self.channels // self.num_heads
-        # Per array, queries, keys and values, (B, H, ch, *neurons) each.
-        qkv_heads = [y.view(batch, 3, heads, head_channels, *y.shape[2:]).unbind(1) for y in qkv]
-        # Neuron layer l's tokens: the columns of W(l), b(l), the rows of W(l+1) (see _tokens).
-        # Layers with the same number of tokens T and neurons n(l) attend in one call.
-        sizes = [qkv[0].shape[-1], *(b.shape[-1] for b in qkv[num_layers:])]
-        groups: dict[tuple[int, int], list[list[tuple[str, int]]]] = {}
-        for l in range(num_layers + 1):
-            parts = [("cols", l - 1), ("bias", num_layers + l - 1)] if l > 0 else []
-            parts += [("rows", l)] if l < num_layers else []
-            num_tokens = sum(_num_tokens(kind, qkv[a]) for kind, a in parts)
-            groups.setdefault((num_tokens, sizes[l]), []).append(parts)
-
-        contributions: list[dict[str, Tensor]] = [{} for _ in qkv]
+        shapes = [y.shape[2:] for y in qkv]
+        groups = token_groups(shapes)
         dropout = self.dropout if self.training else 0.0
-        for (num_tokens, n), layers in groups.items():
-            parts = [part for layer_parts in layers for part in layer_parts]
-            # (B, H, G * T, ch, n) -> (B, H * G, T, ch * n), for queries, keys and values.
-            q, k, v = (
-                torch.cat([_tokens(kind, qkv_heads[a][s]) for kind, a in parts], dim=2).reshape(
-                    batch, -1, num_tokens, head_channels * n
-                )
-                for s in range(3)
-            )
-            out = _attention(q, k, v, dropout)  # (B, H * G, T, ch * n)
-            out = out.view(batch, heads, len(layers), num_tokens, head_channels, n)
-            # unbind copies the gradient (stack); a single layer needs no unbind.
-            layer_outs = out.unbind(2) if len(layers) > 1 else (out.squeeze(2),)
-            for layer_parts, layer_out in zip(layers, layer_outs):
-                splits = layer_out.split([_num_tokens(kind, qkv[a]) for kind, a in layer_parts], dim=2)
-                for (kind, a), o in zip(layer_parts, splits):
-                    contributions[a][kind] = _untokens(kind, o)  # (B, H, ch, *neurons)
-        # Rows first: the sum takes the layout of its first operand, and in the rows' layout
-        # (token-major, as flash attention writes its output) (H, ch) merge into C without a copy.
-        outs = [c["rows"] + c["cols"] for c in contributions[:num_layers]]
-        outs += [c["bias"] for c in contributions[num_layers:]]
-        return [out.flatten(1, 2) for out in outs]
+        outs = [_attention(q, k, v, dropout) for q, k, v in gather_tokens(groups, self.num_heads, qkv)]
+        heads, head_channels = self.num_heads, self.channels // self.num_heads
+        arrays = scatter_tokens(groups, heads, [(qkv[0].shape[0], heads, head_channels, *s) for s in shapes], outs)
+        return [y.flatten(1, 2) for y in arrays]
 
     def extra_repr(self) -> str:
         return (
@@ -320,33 +291,6 @@ def _linear(linear: nn.Linear, x: Tensor, shift: Tensor | None = None) -> Tensor
     """
     bias = linear.bias if shift is None else linear(shift)  # (C_out,) or (B, C_out)
     return channel_map(x.flatten(2), linear.weight, bias).view(x.shape[0], -1, *x.shape[2:])
-
-
-def _num_tokens(kind: str, x: Tensor) -> int:
-    """How many tokens an array gives its neuron layer (see :func:`_tokens`)."""
-    return {"cols": x.shape[-1], "rows": x.shape[-2], "bias": 1}[kind]
-
-
-def _tokens(kind: str, x: Tensor) -> Tensor:
-    """One array's tokens for a neuron layer: ``(B, H, ch, ...) -> (B, H, T_part, ch, n)``.
-
-    ``cols`` of a weight ``(B, H, ch, n, m)`` share its rows' index (``m`` tokens), ``rows``
-    share its columns' index (``n`` tokens), a bias ``(B, H, ch, n)`` is one token.
-    """
-    if kind == "cols":
-        return x.permute(0, 1, 4, 2, 3)
-    if kind == "rows":
-        return x.permute(0, 1, 3, 2, 4)
-    return x.unsqueeze(2)
-
-
-def _untokens(kind: str, o: Tensor) -> Tensor:
-    """Inverse of :func:`_tokens` on attention outputs."""
-    if kind == "cols":
-        return o.permute(0, 1, 3, 4, 2)
-    if kind == "rows":
-        return o.permute(0, 1, 3, 2, 4)
-    return o.squeeze(2)
 
 
 def _group_ids(keys: Iterable[Hashable]) -> list[int]:

@@ -151,8 +151,16 @@ def test_runs_under_bf16_autocast(share_projections):
 def test_compiles(share_projections):
     x = example_features("conv2d", 3, channels=CHANNELS)  # layer 0 gathers a single strided part
     layer = NPAttention(network_spec_from_wsfeat(x), CHANNELS, HEADS, share_projections=share_projections)
-    out, expected = torch.compile(layer)(x), layer(x)
-    for a, b in zip((*out.weights, *out.biases), (*expected.weights, *expected.biases)):
+
+    def outputs_and_grads(model):
+        layer.zero_grad()
+        out = [*(y := model(x)).weights, *y.biases]
+        sum(t.square().sum() for t in out).backward()
+        return out + [p.grad.clone() for p in layer.parameters()]
+
+    compiled = outputs_and_grads(torch.compile(layer))  # tokens traced as cat and add
+    eager = outputs_and_grads(layer)  # the hand-written gather and scatter
+    for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
 
 
