@@ -122,31 +122,29 @@ class NPAttention(nn.Module):
         self.network_spec.check_features(wsfeat, self.channels, where="NPAttention")
         num_layers = len(wsfeat)
         inputs = [filter_fold(w) for w in wsfeat.weights] + list(wsfeat.biases)  # (B, f * C, *neurons)
-        qkv, cross = None, None
-        if not self.ablate_crossterm:
-            qkv = [_linear(self._qkv(a), x) for a, x in enumerate(inputs)]  # (B, 3C, *neurons), 3C = (3, H, ch)
-            cross = self._cross_term(qkv)  # per array (B, C, *neurons)
-        diag = None if self.ablate_diagonalterm else self._diagonal_term(inputs, qkv)  # (B, 2L, C)
-
-        outs = []
-        for a, x in enumerate(inputs):
-            unproject = self.unproject[self._unproject_index[a]] if a in self._unproject_index else None
-            d = None if diag is None else diag[:, a]  # (B, C)
-            if cross is None:  # the diagonal term alone: broadcast over the array
+        qkv = None if self.ablate_crossterm else [_linear(self._qkv(a), x) for a, x in enumerate(inputs)]
+        # qkv: (B, 3C, *neurons), 3C = (3, H, ch); the diagonal term: (B, C) per array.
+        diag = [None] * len(inputs) if self.ablate_diagonalterm else self._diagonal_term(inputs, qkv).unbind(1)
+        unprojects = [self._unprojection(a) for a in range(len(inputs))]
+        if qkv is None:  # the diagonal term alone: broadcast over each array
+            outs = []
+            for x, d, unproject in zip(inputs, diag, unprojects):
                 d = d if unproject is None else unproject(d)
-                out = d.view(*d.shape, *[1] * (x.dim() - 2)).expand(x.shape).contiguous()
-            elif unproject is not None:  # unproject(cross + d): d joins the unprojection's bias
-                out = _linear(unproject, cross[a], shift=d)
-            elif d is not None:
-                out = cross[a] + d.view(*d.shape, *[1] * (x.dim() - 2))
-            else:
-                out = cross[a]
-            outs.append(out)
+                outs.append(d.view(*d.shape, *[1] * (x.dim() - 2)).expand(x.shape).contiguous())
+        else:
+            # The diagonal term is added as the cross term is written out or, for convolution
+            # weights, joins the unprojection's bias: unproject(cross + d).
+            cross = self._cross_term(qkv, [d if u is None else None for d, u in zip(diag, unprojects)])
+            outs = [y if u is None else _linear(u, y, shift=d) for y, d, u in zip(cross, diag, unprojects)]
         weights = [filter_unfold(out, w.shape[4:]) for out, w in zip(outs, wsfeat.weights)]
         return WeightSpaceFeatures(weights, outs[num_layers:])
 
     def _qkv(self, array: int) -> nn.Linear:
         return self.to_qkv[self._qkv_index[array]]
+
+    def _unprojection(self, array: int) -> nn.Linear | None:
+        """The map ``C -> f * C`` that restores a convolution weight's filter; None for other arrays."""
+        return self.unproject[self._unproject_index[array]] if array in self._unproject_index else None
 
     def _diagonal_term(self, inputs: list[Tensor], qkv: list[Tensor] | None) -> Tensor:
         """Attention among the per-array means: ``(B, 2L, C)``."""
@@ -163,14 +161,16 @@ class NPAttention(nn.Module):
         out = _attention(q, k, v, 0.0)  # (B, H, 2L, ch)
         return out.transpose(1, 2).reshape(out.shape[0], -1, self.channels)
 
-    def _cross_term(self, qkv: list[Tensor]) -> list[Tensor]:
-        """Attention among the tokens of each neuron layer: per array ``(B, C, *neurons)``."""
+    def _cross_term(self, qkv: list[Tensor], shifts: list[Tensor | None]) -> list[Tensor]:
+        """Attention among the tokens of each neuron layer, plus ``shifts[a]`` ``(B, C)`` broadcast over
+        array ``a``: per array ``(B, C, *neurons)``."""
         shapes = [y.shape[2:] for y in qkv]
         groups = token_groups(shapes)
         dropout = self.dropout if self.training else 0.0
         outs = [_attention(q, k, v, dropout) for q, k, v in gather_tokens(groups, self.num_heads, qkv)]
         heads, head_channels = self.num_heads, self.channels // self.num_heads
-        arrays = scatter_tokens(groups, heads, [(qkv[0].shape[0], heads, head_channels, *s) for s in shapes], outs)
+        array_shapes = [(qkv[0].shape[0], heads, head_channels, *s) for s in shapes]
+        arrays = scatter_tokens(groups, heads, array_shapes, outs, shifts)
         return [y.flatten(1, 2) for y in arrays]
 
     def extra_repr(self) -> str:

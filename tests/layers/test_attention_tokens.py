@@ -69,17 +69,31 @@ def test_gather_puts_each_token_in_its_place(sizes):
                         torch.testing.assert_close(t[:, :, j, part.offset + i], expected, rtol=0, atol=0)
 
 
+def _shifts(shapes, requires_grad=False):
+    """A per-sample shift ``(B, C)`` for every other array, None for the rest."""
+    gen = torch.Generator().manual_seed(1)
+    return [
+        torch.randn(BATCH, HEADS * HEAD_CHANNELS, generator=gen, dtype=torch.float64).requires_grad_(requires_grad)
+        if a % 2 == 0
+        else None
+        for a in range(len(shapes))
+    ]
+
+
 def test_scatter_of_gathered_values_gives_each_entry_once_per_neuron_layer():
     shapes = _mlp_shapes([3, 4, 2])
     groups = token_groups(shapes)
-    qkv = _projections(shapes)
+    qkv, shifts = _projections(shapes), _shifts(shapes)
     values = [tokens[2] for tokens in gather_tokens(groups, HEADS, qkv)]
-    out = scatter_tokens(groups, HEADS, [(BATCH, HEADS, HEAD_CHANNELS, *s) for s in shapes], values)
-    for a, (y, shape) in enumerate(zip(out, shapes)):
+    out = scatter_tokens(groups, HEADS, [(BATCH, HEADS, HEAD_CHANNELS, *s) for s in shapes], values, shifts)
+    for a, (y, shape, shift) in enumerate(zip(out, shapes, shifts)):
         v = qkv[a].view(BATCH, 3, HEADS, HEAD_CHANNELS, *shape)[:, 2]
         assert y.is_contiguous()
         # A weight entry is a token of two neuron layers (its row's and its column's); a bias of one.
-        torch.testing.assert_close(y, v * (2 if len(shape) == 2 else 1), rtol=0, atol=0)
+        expected = v * (2 if len(shape) == 2 else 1)
+        if shift is not None:
+            expected = expected + shift.view(BATCH, HEADS, HEAD_CHANNELS, *[1] * len(shape))
+        torch.testing.assert_close(y, expected)
 
 
 @pytest.mark.parametrize("sizes", [[3, 4, 2], [3, 3, 3, 3]], ids=["L2", "L3-uniform"])
@@ -93,5 +107,13 @@ def test_gradients_match_finite_differences(sizes):
 
     assert torch.autograd.gradcheck(gather, qkv)
     outs = [tokens[2].detach().requires_grad_() for tokens in gather_tokens(groups, HEADS, qkv)]
+    shifts = _shifts(shapes, requires_grad=True)
     array_shapes = [(BATCH, HEADS, HEAD_CHANNELS, *s) for s in shapes]
-    assert torch.autograd.gradcheck(lambda *o: scatter_tokens(groups, HEADS, array_shapes, o), outs)
+
+    def scatter(*tensors):
+        given = iter(tensors[len(outs) :])
+        return scatter_tokens(
+            groups, HEADS, array_shapes, tensors[: len(outs)], [None if t is None else next(given) for t in shifts]
+        )
+
+    assert torch.autograd.gradcheck(scatter, (*outs, *(t for t in shifts if t is not None)))
