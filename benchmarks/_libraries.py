@@ -4,13 +4,22 @@ Both libraries export the same layer names with the same constructor signatures,
 network is built once (see :mod:`benchmarks._networks`) from either library's namespace.
 The reference ``nfn`` is never a dependency of nfn-lab: ``setup_reference.sh`` installs it
 into ``benchmarks/.reference``, and :func:`reference` imports it from there.
+:func:`revision` puts nfn-lab as committed at another git revision in the reference's place,
+to time a change against the code before it in one process.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.metadata
+import io
+import re
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +28,7 @@ from typing import Any
 
 from torch import Tensor
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(__file__).resolve().parent / ".reference"
 REFERENCE_VERSION = "0.1.2"
 
@@ -43,10 +53,11 @@ class Library:
 
     Attributes:
         name: ``"ref"`` or ``"ours"``.
-        version: the installed version, for the report.
+        version: the installed version (or git revision), for the report.
         layers: a namespace with every name in :data:`LAYER_NAMES`.
         features_cls: the library's ``WeightSpaceFeatures`` class.
         spec_from_features: the library's ``network_spec_from_wsfeat``.
+        label: what the report calls it, e.g. ``"nfn 0.1.2"``.
     """
 
     name: str
@@ -54,6 +65,7 @@ class Library:
     layers: SimpleNamespace
     features_cls: type
     spec_from_features: Callable[[Any], Any]
+    label: str = "nfn-lab"
 
     def features(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Any:
         """Wraps shared tensors ``weights[i]: (B, C, n_out, n_in, *filter)``, ``biases[i]: (B, C, n_out)``."""
@@ -71,22 +83,63 @@ def _namespace(*modules: Any) -> SimpleNamespace:
     return SimpleNamespace(**found)
 
 
-def ours() -> Library:
-    """nfn-lab, imported from the repository checkout."""
-    layers = importlib.import_module("nfn_lab.layers")
-    attention = importlib.import_module("nfn_lab.layers.attention")
-    weightspace = importlib.import_module("nfn_lab.weightspace")
-    try:
-        version = importlib.metadata.version("nfn-lab")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not pip-installed
-        version = "checkout"
+def _nfn_lab(package: str, name: str, version: str, label: str) -> Library:
+    """nfn-lab's layers from the importable package ``package`` (``nfn_lab`` or a renamed copy)."""
+    layers = importlib.import_module(f"{package}.layers")
+    attention = importlib.import_module(f"{package}.layers.attention")
+    weightspace = importlib.import_module(f"{package}.weightspace")
     return Library(
-        "ours",
+        name,
         version,
         _namespace(layers, attention),
         weightspace.WeightSpaceFeatures,
         weightspace.network_spec_from_wsfeat,
+        label,
     )
+
+
+def ours() -> Library:
+    """nfn-lab, imported from the repository checkout."""
+    try:
+        version = importlib.metadata.version("nfn-lab")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not pip-installed
+        version = "checkout"
+    return _nfn_lab("nfn_lab", "ours", version, "nfn-lab")
+
+
+def revision(rev: str, repo: Path = REPO_ROOT) -> Library:
+    """nfn-lab as committed at git revision ``rev``, as the ``"ref"`` side.
+
+    ``git archive`` exports that revision's ``nfn_lab`` package into a temporary folder
+    (removed at exit), renamed to ``nfn_lab_<commit>`` in every import, so that both versions
+    live in one process and are timed side by side like the reference.
+
+    Raises:
+        ValueError: if git cannot resolve ``rev`` or the revision has no ``nfn_lab`` package.
+    """
+    git = ["git", "-C", str(repo)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        archive = subprocess.run([*git, "archive", commit, "nfn_lab"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        raise ValueError(
+            f"cannot export nfn_lab at git revision {rev!r} from {repo}: {detail.strip() or err}; "
+            "pass a commit, branch or tag of this repository (e.g. HEAD~1)."
+        ) from err
+    package = f"nfn_lab_{commit}"
+    root = Path(tempfile.mkdtemp(prefix="nfn_lab_revision_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    (root / "nfn_lab").rename(root / package)
+    for path in (root / package).rglob("*.py"):
+        path.write_text(re.sub(r"\bnfn_lab\b", package, path.read_text()))
+    sys.path.insert(0, str(root))
+    return _nfn_lab(package, "ref", f"git {commit}", f"nfn-lab at {commit}")
 
 
 def reference(directory: Path = REFERENCE_DIR) -> Library:
@@ -117,4 +170,6 @@ def reference(directory: Path = REFERENCE_DIR) -> Library:
         )
     layers = importlib.import_module("nfn.layers")
     common = importlib.import_module("nfn.common")
-    return Library("ref", version, _namespace(layers), common.WeightSpaceFeatures, common.network_spec_from_wsfeat)
+    return Library(
+        "ref", version, _namespace(layers), common.WeightSpaceFeatures, common.network_spec_from_wsfeat, f"nfn {version}"
+    )

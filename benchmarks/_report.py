@@ -109,9 +109,16 @@ def _git_revision(repo: Path) -> str:
 
 
 def environment(
-    device: torch.device, threads: int, versions: dict[str, str], settings: dict[str, object]
+    device: torch.device,
+    threads: int,
+    versions: dict[str, str],
+    settings: dict[str, object],
+    labels: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """What a reader needs to judge the numbers: when, where, with which versions and settings."""
+    """What a reader needs to judge the numbers: when, where, with which versions and settings.
+
+    ``labels``: what each side is (``{"ref": "nfn 0.1.2"}``), for the report's title.
+    """
     cpu = _cpu_model()
     if device.type == "cuda":
         cpu += f"; GPU {torch.cuda.get_device_name(device)}"
@@ -125,6 +132,7 @@ def environment(
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "nfn_lab_git": _git_revision(Path(__file__).resolve().parents[1]),
         **{f"{side}_version": v for side, v in versions.items()},
+        **{f"{side}_label": v for side, v in (labels or {}).items()},
         **settings,
     }
 
@@ -136,13 +144,13 @@ def _fmt_ratio(ratio: float | None) -> str:
 def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
     """A header listing ``env`` and one table row per case."""
     lines = [
-        "# NF-layer benchmark: nfn-lab (ours) vs nfn 0.1.2 (ref)",
+        f"# NF-layer benchmark: nfn-lab (ours) vs {env.get('ref_label', 'nfn 0.1.2')} (ref)",
         "",
         *(f"- {key}: {value}" for key, value in env.items()),
         "",
         (
             "Milliseconds per training step (forward + backward), median over the rounds; "
-            "ratio = ref / ours (> 1: nfn-lab is faster). `verdict`: eager ratio >= target and compiled ratio > 1."
+            "ratio = ref / ours (> 1: ours is faster). `verdict`: eager ratio >= target and compiled ratio > 1."
         ),
         "",
         "| case | config | ref ms | ours ms | ratio | target | compiled ref ms | compiled ours ms | compiled ratio | verdict |",

@@ -5,6 +5,7 @@ Usage (from the repository root; see benchmarks/README.md)::
     bash benchmarks/setup_reference.sh          # once: installs nfn==0.1.2 into benchmarks/.reference
     python benchmarks/bench_layers.py           # full run, eager and torch.compile (see README for timings)
     python benchmarks/bench_layers.py --quick   # a few seconds: four small cases, eager only
+    python benchmarks/bench_layers.py --against HEAD~1 --no-compile  # a change against its parent
 
 Writes ``<date>_<device>[_quick].{md,csv,json}`` into ``benchmarks/results/`` and prints the table.
 """
@@ -150,6 +151,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ours-only", action="store_true", help="time nfn-lab alone (no reference needed)")
     parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="compare with nfn-lab at git revision REV instead of the reference (e.g. HEAD~1): a change's A/B",
+    )
+    parser.add_argument(
         "--cases",
         nargs="+",
         metavar="PATTERN",
@@ -167,6 +173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = parser.parse_args(argv)
+    if args.against and args.ours_only:
+        parser.error("--against REV and --ours-only exclude each other: --against times two revisions.")
     if args.compile is None:
         args.compile = not args.quick
     if args.rounds is None:
@@ -183,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
     if args.list or not cases:
         print("\n".join(f"{c.name}  ({c.note})" for c in cases) or "no case matches --cases")
         return []
-    libraries = [_libraries.ours()] if args.ours_only else [_libraries.reference(args.reference_dir), _libraries.ours()]
+    libraries = [_libraries.ours()]
+    if args.against:
+        libraries.insert(0, _libraries.revision(args.against))
+    elif not args.ours_only:
+        libraries.insert(0, _libraries.reference(args.reference_dir))
     device = torch.device(args.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -193,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
             args.threads,
             {lib.name: lib.version for lib in libraries},
             {"rounds": args.rounds, "round_seconds": args.round_seconds, "compile": args.compile},
+            {lib.name: lib.label for lib in libraries},
         )
         results, start = [], time.perf_counter()
         for case in cases:

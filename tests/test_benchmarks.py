@@ -103,3 +103,24 @@ def test_gemm_benchmark_times_every_product(tmp_path):
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and line.endswith("x |")]
     assert len(rows) == len(bench_gemm._cases())
     assert all(float(row.split("|")[-2].strip().rstrip("x")) > 0 for row in rows)
+
+
+def test_against_a_git_revision_times_both_versions_of_nfn_lab(tmp_path):
+    argv = ["--quick", "--against", "HEAD", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
+    (result,) = bench_layers.main([*argv, "--out", str(tmp_path)])
+    assert result.eager.ratio is not None and result.eager.ms("ref") > 0
+    assert "vs nfn-lab at " in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_revision_imports_a_separate_copy_of_the_package():
+    lib, current = _libraries.revision("HEAD"), _libraries.ours()
+    assert lib.name == "ref" and lib.label.startswith("nfn-lab at ")
+    assert lib.layers.NPLinear is not current.layers.NPLinear
+    assert lib.layers.NPLinear.__module__.startswith("nfn_lab_")
+
+
+def test_unknown_revision_and_conflicting_options_are_rejected():
+    with pytest.raises(ValueError, match="no-such-revision"):
+        _libraries.revision("no-such-revision")
+    with pytest.raises(SystemExit):
+        bench_layers.parse_args(["--against", "HEAD", "--ours-only"])
