@@ -156,6 +156,8 @@ def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
         "| case | config | ref ms | ours ms | ratio | target | compiled ref ms | compiled ours ms | compiled ratio | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    # Targets are against the reference nfn; an A/B against another nfn-lab revision has none.
+    against_reference = not str(env.get("ref_label", "nfn ")).startswith("nfn-lab")
     for r in results:
         c = r.compiled
         compiled_cells = [c.cell("ref"), c.cell("ours"), _fmt_ratio(c.ratio)] if c is not None else ["-", "-", "-"]
@@ -168,9 +170,9 @@ def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
                     r.eager.cell("ref"),
                     r.eager.cell("ours"),
                     _fmt_ratio(r.eager.ratio),
-                    f"{r.target:g}x",
+                    f"{r.target:g}x" if against_reference else "-",
                     *compiled_cells,
-                    r.verdict(),
+                    r.verdict() if against_reference else "-",
                 ]
             )
             + " |"

@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
     finally:
         torch.set_num_threads(previous_threads)
     stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"_{device.type}" + ("_quick" if args.quick else "")
+    if args.against:
+        stem += f"_vs_{libraries[0].version.removeprefix('git ')}"
     paths = _report.write(args.out, stem, env, results)
     print()
     print(paths["md"].read_text())

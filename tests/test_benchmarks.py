@@ -109,7 +109,10 @@ def test_against_a_git_revision_times_both_versions_of_nfn_lab(tmp_path):
     argv = ["--quick", "--against", "HEAD", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
     (result,) = bench_layers.main([*argv, "--out", str(tmp_path)])
     assert result.eager.ratio is not None and result.eager.ms("ref") > 0
-    assert "vs nfn-lab at " in next(tmp_path.glob("*.md")).read_text()
+    (md,) = tmp_path.glob("*_cpu_quick_vs_*.md")
+    text = md.read_text()
+    assert "vs nfn-lab at " in text
+    assert "| - | - | - | - | -" in text.splitlines()[-1]  # no target or verdict against another revision
 
 
 def test_revision_imports_a_separate_copy_of_the_package():
