@@ -1,6 +1,6 @@
 """channel_map, the channel-axis linear map behind ChannelLinear and NF-attention's projections.
 
-Large float32 items take the hand-written function (oneDNN products where available); other
+Large float32 items take the custom operator (oneDNN products where available); other
 inputs, float64 included, take torch.baddbmm with autograd's backward. The float32 tests use
 sizes of both kinds and compare with float64.
 """
@@ -13,7 +13,7 @@ from nfn_lab.layers import gemm
 from nfn_lab.layers.channel_map import channel_map
 from nfn_lab.layers.linear import ChannelLinear
 
-# (B, C_in, P, C_out): one item is 12.6 M multiply-adds (the hand-written function), or a few.
+# (B, C_in, P, C_out): one item is 12.6 M multiply-adds (the custom operator), or a few.
 LARGE, SMALL = (2, 64, 1024, 192), (3, 4, 7, 6)
 BIAS_KINDS = ["shared", "per_sample", "none"]
 
@@ -30,13 +30,13 @@ def _reference(x, weight, bias):
     return out + (bias.unsqueeze(-1) if bias.dim() == 2 else bias[:, None])
 
 
-def test_large_float32_items_take_the_hand_written_function():
+def test_large_float32_items_take_the_custom_operator():
     batch, c_in, p, c_out = LARGE
     x, weight = torch.randn(batch, c_in, p), torch.randn(c_out, c_in)
     assert gemm.shared_matmul_uses_onednn(weight, x) == gemm.uses_onednn(x)
     assert not gemm.shared_matmul_uses_onednn(weight.double(), x.double())
     if gemm.uses_onednn(x):
-        assert channel_map(x.requires_grad_(), weight).grad_fn.name() == "_ChannelMapFunctionBackward"
+        assert "channel_map" in channel_map(x.requires_grad_(), weight).grad_fn.name()
 
 
 @pytest.mark.parametrize("bias_kind", BIAS_KINDS)
@@ -87,10 +87,11 @@ def test_runs_under_bf16_autocast_like_linear(sizes):
 
 
 def test_compiles_at_onednn_sizes():
-    """Large float32 items take the oneDNN path eagerly, which inductor cannot lower: compiled,
-    channel_map is traced as torch.baddbmm, and matches eager, gradients included."""
+    """Large float32 items take oneDNN, which inductor cannot lower: compiled, the custom operator
+    stays an opaque call in one graph, and matches eager, gradients included."""
     layer = ChannelLinear(64, 192)
     x = torch.randn(2, 64, 32, 32)
+    assert torch._dynamo.explain(layer)(x).graph_break_count == 0
     results = []
     for module in (layer, torch.compile(layer)):
         leaf = x.clone().requires_grad_()
