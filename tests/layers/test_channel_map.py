@@ -101,3 +101,15 @@ def test_compiles_at_onednn_sizes():
         results.append([out, leaf.grad, layer.linear.weight.grad.clone()])
     for eager, compiled in zip(*results):  # different summation orders: float32 rounding
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5 * eager.abs().max().item())
+
+
+def test_parameter_gradients_when_the_input_needs_none():
+    batch, c_in, p, c_out = LARGE
+    x = torch.randn(batch, c_in, p)  # raw features: no gradient wanted
+    weight, bias = torch.randn(c_out, c_in, requires_grad=True), torch.randn(c_out, requires_grad=True)
+    grad = torch.randn(batch, c_out, p)
+    channel_map(x, weight, bias).backward(grad)
+    expected_weight = torch.einsum("bop,bkp->ok", grad.double(), x.double())
+    tolerance = {"rtol": 1e-4, "atol": 1e-3 * expected_weight.abs().max().item()}
+    torch.testing.assert_close(weight.grad.double(), expected_weight, **tolerance)
+    torch.testing.assert_close(bias.grad, grad.sum((0, 2)), rtol=1e-4, atol=1e-3)
