@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from benchmarks import _libraries, bench_layers
+from benchmarks import _libraries, bench_layers, spread
 from benchmarks._cases import QUICK_CASES, all_cases
 from benchmarks._report import CaseResult, ModeResult
 from benchmarks._timing import Timing, interleaved, plan
@@ -127,3 +127,26 @@ def test_unknown_revision_and_conflicting_options_are_rejected():
         _libraries.revision("no-such-revision")
     with pytest.raises(SystemExit):
         bench_layers.parse_args(["--against", "HEAD", "--ours-only"])
+
+
+def _report(ratios: dict[str, tuple[float | None, float | None]]) -> dict:
+    """A bench_layers.py JSON report with only what spread.py reads."""
+    rows = [{"case": case, "eager_ratio": e, "compiled_ratio": c} for case, (e, c) in ratios.items()]
+    return {"summary": rows}
+
+
+def test_spread_gives_each_cases_range_over_runs(tmp_path):
+    paths = []
+    for i, ratios in enumerate([{"a": (1.5, 1.1), "b": (2.0, None)}, {"a": (1.9, 0.9), "b": (2.2, None)}]):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(_report(ratios)))
+    text = spread.main([str(p) for p in paths])
+    assert "| a | 1.50-1.90x (2) | 0.90-1.10x (2) |" in text
+    assert "| b | 2.00-2.20x (2) | - |" in text
+
+
+def test_spread_rejects_a_file_that_is_not_a_report(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit):
+        spread.main([str(bad)])
