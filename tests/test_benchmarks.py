@@ -105,6 +105,13 @@ def test_gemm_benchmark_times_every_product(tmp_path):
     assert all(float(row.split("|")[-2].strip().rstrip("x")) > 0 for row in rows)
 
 
+# --against exports a git revision: these tests need the repository's history (a clone, not a tarball).
+needs_git_history = pytest.mark.skipif(
+    not (_libraries.REPO_ROOT / ".git").exists(), reason="not a git checkout: no revision to export"
+)
+
+
+@needs_git_history
 def test_against_a_git_revision_times_both_versions_of_nfn_lab(tmp_path):
     argv = ["--quick", "--against", "HEAD", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
     (result,) = bench_layers.main([*argv, "--out", str(tmp_path)])
@@ -115,6 +122,7 @@ def test_against_a_git_revision_times_both_versions_of_nfn_lab(tmp_path):
     assert "| - | - | - | - | -" in text.splitlines()[-1]  # no target or verdict against another revision
 
 
+@needs_git_history
 def test_revision_imports_a_separate_copy_of_the_package():
     lib, current = _libraries.revision("HEAD"), _libraries.ours()
     assert lib.name == "ref" and lib.label.startswith("nfn-lab at ")
@@ -122,6 +130,7 @@ def test_revision_imports_a_separate_copy_of_the_package():
     assert lib.layers.NPLinear.__module__.startswith("nfn_lab_")
 
 
+@needs_git_history
 def test_unknown_revision_and_conflicting_options_are_rejected():
     with pytest.raises(ValueError, match="no-such-revision"):
         _libraries.revision("no-such-revision")
