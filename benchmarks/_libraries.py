@@ -53,7 +53,7 @@ class Library:
 
     Attributes:
         name: ``"ref"`` or ``"ours"``.
-        version: the installed version (or git revision), for the report.
+        version: the installed version (or git commit), for the report.
         layers: a namespace with every name in :data:`LAYER_NAMES`.
         features_cls: the library's ``WeightSpaceFeatures`` class.
         spec_from_features: the library's ``network_spec_from_wsfeat``.
@@ -120,16 +120,13 @@ def revision(rev: str, repo: Path = REPO_ROOT) -> Library:
     git = ["git", "-C", str(repo)]
     try:
         commit = subprocess.run(
-            [*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+            [*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, check=True
+        ).stdout.decode().strip()
         archive = subprocess.run([*git, "archive", commit, "nfn_lab"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
-        raise ValueError(
-            f"cannot export nfn_lab at git revision {rev!r} from {repo}: {detail.strip() or err}; "
-            "pass a commit, branch or tag of this repository (e.g. HEAD~1)."
-        ) from err
+    except subprocess.CalledProcessError as err:
+        raise _unexported(rev, repo, err.stderr.decode(errors="replace").strip()) from err
+    except OSError as err:  # no git
+        raise _unexported(rev, repo, str(err)) from err
     package = f"nfn_lab_{commit}"
     root = Path(tempfile.mkdtemp(prefix="nfn_lab_revision_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -139,7 +136,14 @@ def revision(rev: str, repo: Path = REPO_ROOT) -> Library:
     for path in (root / package).rglob("*.py"):
         path.write_text(re.sub(r"\bnfn_lab\b", package, path.read_text()))
     sys.path.insert(0, str(root))
-    return _nfn_lab(package, "ref", f"git {commit}", f"nfn-lab at {commit}")
+    return _nfn_lab(package, "ref", commit, f"nfn-lab at {commit}")
+
+
+def _unexported(rev: str, repo: Path, detail: str) -> ValueError:
+    return ValueError(
+        f"cannot export nfn_lab at git revision {rev!r} from {repo}: {detail}; "
+        "pass a commit, branch or tag of this repository (e.g. HEAD~1)."
+    )
 
 
 def reference(directory: Path = REFERENCE_DIR) -> Library:
@@ -170,6 +174,5 @@ def reference(directory: Path = REFERENCE_DIR) -> Library:
         )
     layers = importlib.import_module("nfn.layers")
     common = importlib.import_module("nfn.common")
-    return Library(
-        "ref", version, _namespace(layers), common.WeightSpaceFeatures, common.network_spec_from_wsfeat, f"nfn {version}"
-    )
+    spec_from_features = common.network_spec_from_wsfeat
+    return Library("ref", version, _namespace(layers), common.WeightSpaceFeatures, spec_from_features, f"nfn {version}")

@@ -156,8 +156,7 @@ def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
         "| case | config | ref ms | ours ms | ratio | target | compiled ref ms | compiled ours ms | compiled ratio | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    # Targets are against the reference nfn; an A/B against another nfn-lab revision has none.
-    against_reference = not str(env.get("ref_label", "nfn ")).startswith("nfn-lab")
+    with_targets = env.get("targets", True)
     for r in results:
         c = r.compiled
         compiled_cells = [c.cell("ref"), c.cell("ours"), _fmt_ratio(c.ratio)] if c is not None else ["-", "-", "-"]
@@ -170,9 +169,9 @@ def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
                     r.eager.cell("ref"),
                     r.eager.cell("ours"),
                     _fmt_ratio(r.eager.ratio),
-                    f"{r.target:g}x" if against_reference else "-",
+                    f"{r.target:g}x" if with_targets else "-",
                     *compiled_cells,
-                    r.verdict() if against_reference else "-",
+                    r.verdict() if with_targets else "-",
                 ]
             )
             + " |"

@@ -204,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
             device,
             args.threads,
             {lib.name: lib.version for lib in libraries},
-            {"rounds": args.rounds, "round_seconds": args.round_seconds, "compile": args.compile},
+            # Targets are set against the reference nfn; an A/B against another nfn-lab revision has none.
+            {
+                "rounds": args.rounds,
+                "round_seconds": args.round_seconds,
+                "compile": args.compile,
+                "targets": not args.against,
+            },
             {lib.name: lib.label for lib in libraries},
         )
         results, start = [], time.perf_counter()
@@ -216,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
         torch.set_num_threads(previous_threads)
     stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"_{device.type}" + ("_quick" if args.quick else "")
     if args.against:
-        stem += f"_vs_{libraries[0].version.removeprefix('git ')}"
+        stem += f"_vs_{libraries[0].version}"
     paths = _report.write(args.out, stem, env, results)
     print()
     print(paths["md"].read_text())

@@ -113,7 +113,8 @@ needs_git_history = pytest.mark.skipif(
 
 @needs_git_history
 def test_against_a_git_revision_times_both_versions_of_nfn_lab(tmp_path):
-    argv = ["--quick", "--against", "HEAD", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
+    argv = ["--quick", "--against", "HEAD", "--cases", "NPLinear cnn-zoo B=8"]
+    argv += ["--rounds", "2", "--round-seconds", "0.005"]
     (result,) = bench_layers.main([*argv, "--out", str(tmp_path)])
     assert result.eager.ratio is not None and result.eager.ms("ref") > 0
     (md,) = tmp_path.glob("*_cpu_quick_vs_*.md")
@@ -138,7 +139,7 @@ def test_unknown_revision_and_conflicting_options_are_rejected():
         bench_layers.parse_args(["--against", "HEAD", "--ours-only"])
 
 
-def _report(ratios: dict[str, tuple[float | None, float | None]]) -> dict:
+def _spread_report(ratios: dict[str, tuple[float | None, float | None]]) -> dict:
     """A bench_layers.py JSON report with only what spread.py reads."""
     rows = [{"case": case, "eager_ratio": e, "compiled_ratio": c} for case, (e, c) in ratios.items()]
     return {"summary": rows}
@@ -148,7 +149,7 @@ def test_spread_gives_each_cases_range_over_runs(tmp_path):
     paths = []
     for i, ratios in enumerate([{"a": (1.5, 1.1), "b": (2.0, None)}, {"a": (1.9, 0.9), "b": (2.2, None)}]):
         paths.append(tmp_path / f"run{i}.json")
-        paths[-1].write_text(json.dumps(_report(ratios)))
+        paths[-1].write_text(json.dumps(_spread_report(ratios)))
     text = spread.main([str(p) for p in paths])
     assert "| a | 1.50-1.90x (2) | 0.90-1.10x (2) |" in text
     assert "| b | 2.00-2.20x (2) | - |" in text

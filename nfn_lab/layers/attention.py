@@ -168,9 +168,7 @@ class NPAttention(nn.Module):
         groups = token_groups(shapes)
         dropout = self.dropout if self.training else 0.0
         outs = [_attention(q, k, v, dropout) for q, k, v in gather_tokens(groups, self.num_heads, qkv)]
-        heads, head_channels = self.num_heads, self.channels // self.num_heads
-        array_shapes = [(qkv[0].shape[0], heads, head_channels, *s) for s in shapes]
-        arrays = scatter_tokens(groups, heads, array_shapes, outs, shifts)
+        arrays = scatter_tokens(groups, self.num_heads, shapes, outs, shifts)
         return [y.flatten(1, 2) for y in arrays]
 
     def extra_repr(self) -> str:
@@ -290,7 +288,7 @@ def _linear(linear: nn.Linear, x: Tensor, shift: Tensor | None = None) -> Tensor
     ``shift``, ``(B, C_in)``, is broadcast over ``rest``; it is mapped once, not per entry.
     """
     bias = linear.bias if shift is None else linear(shift)  # (C_out,) or (B, C_out)
-    return channel_map(x.flatten(2), linear.weight, bias).view(x.shape[0], -1, *x.shape[2:])
+    return channel_map(x, linear.weight, bias)
 
 
 def _group_ids(keys: Iterable[Hashable]) -> list[int]:

@@ -24,6 +24,7 @@ with the ops around them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,12 @@ class TokenGroup:
 
 def token_groups(shapes: Sequence[Sequence[int]]) -> tuple[TokenGroup, ...]:
     """The groups of a weight space from its arrays' neuron shapes (weights ``(n, m)``, then biases ``(n,)``)."""
+    return _token_groups(tuple(tuple(s) for s in shapes))
+
+
+@functools.lru_cache(maxsize=64)
+def _token_groups(shapes: tuple[tuple[int, ...], ...]) -> tuple[TokenGroup, ...]:
+    """:func:`token_groups`, computed once per weight space (NF-attention asks on every forward)."""
     num_layers = len(shapes) // 2
     sizes = [shapes[0][1], *(s[0] for s in shapes[num_layers:])]  # n(0), ..., n(L)
     grouped: dict[tuple[int, int], list[tuple[TokenPart, ...]]] = {}
@@ -148,9 +155,9 @@ class _GatherTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, groups: tuple[TokenGroup, ...], heads: int, *qkv: Tensor) -> tuple[Tensor, ...]:
         arrays = _stacked_arrays(qkv, heads)
+        batch, _, head_channels = arrays[0].shape[1:4]
         outs: list[Tensor] = []
         for g in groups:
-            batch, _, head_channels = arrays[0].shape[1:4]
             buffer = qkv[0].new_empty(3, batch, heads, len(g.layers), g.num_tokens, head_channels, g.size)
             for part, slot in _slots(g, buffer):
                 slot.copy_(_token_view(part.kind, arrays[part.array]))
@@ -247,19 +254,22 @@ def scatter_tokens(
     outs: Sequence[Tensor],
     shifts: Sequence[Tensor | None] | None = None,
 ) -> tuple[Tensor, ...]:
-    """Per-array outputs ``shapes[a]`` ``(B, H, ch, *neurons)`` from each group's attention output
+    """Per-array outputs ``(B, H, ch, *shapes[a])`` from each group's attention output
     ``(B, H * G, T, ch * n)``; a weight's row and column contributions are summed.
 
-    ``shifts[a]``, ``(B, C)`` or None, is added to array ``a``'s output, broadcast over its neurons
-    (in the same pass, where a separate add would write a second array).
+    ``shapes``: the arrays' neuron shapes, as for :func:`token_groups`. ``shifts[a]``, ``(B, C)``
+    or None, is added to array ``a``'s output, broadcast over its neurons (in the same pass,
+    where a separate add would write a second array).
     """
+    head_channels = outs[0].shape[-1] // groups[0].size
+    array_shapes = tuple((outs[0].shape[0], heads, head_channels, *s) for s in shapes)
     shifts = [None] * len(shapes) if shifts is None else shifts
     if torch.compiler.is_compiling():
         parts = _array_parts(groups, heads, outs, len(shapes))
         return tuple(
             sum(views[1:] + ([] if t is None else [_broadcast_view(t, shape)]), views[0])
-            for views, t, shape in zip(parts, shifts, shapes)
+            for views, t, shape in zip(parts, shifts, array_shapes)
         )
     shifted = tuple(a for a, t in enumerate(shifts) if t is not None)
     tensors = [*outs, *(shifts[a] for a in shifted)]
-    return _ScatterTokens.apply(groups, heads, tuple(tuple(s) for s in shapes), shifted, *tensors)
+    return _ScatterTokens.apply(groups, heads, array_shapes, shifted, *tensors)

@@ -1,4 +1,4 @@
-"""A linear map over the channel axis of ``(B, C_in, P)`` tensors, with a hand-written backward.
+"""A linear map over the channel axis of ``(B, C_in, ...)`` tensors, with a hand-written backward.
 
 ``y[b] = W x[b] + bias`` is ``torch.baddbmm`` with an expanded weight; autograd then runs
 its products on ``torch.bmm``. Where :mod:`nfn_lab.layers.gemm` runs them on oneDNN (float32
@@ -22,24 +22,22 @@ __all__ = ["channel_map"]
 
 
 def channel_map(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``weight @ x[b] (+ bias)``: ``x: (B, C_in, P)``, ``weight: (C_out, C_in)``, ``bias: (C_out,)``,
-    per sample ``(B, C_out)``, or None -> ``(B, C_out, P)`` (contiguous).
+    """``weight @ x[b] (+ bias)`` over the channel axis: ``x: (B, C_in, *rest)``, ``weight: (C_out, C_in)``,
+    ``bias: (C_out,)``, per sample ``(B, C_out)``, or None -> ``(B, C_out, *rest)`` (contiguous).
 
     Where the products would not run on oneDNN (CUDA, float64, small items) this is a plain
     ``torch.baddbmm`` with autograd's backward: the custom operators only pay for their extra
-    Python where oneDNN runs.
+    Python where oneDNN runs. Under autocast it computes in the autocast dtype, like ``nn.Linear``.
     """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):  # compute in the autocast dtype, like nn.Linear
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    if not gemm.shared_matmul_uses_onednn(weight, x):
-        batch_weight = weight.expand(x.shape[0], -1, -1)
-        if bias is None:
-            return torch.bmm(batch_weight, x)
-        return torch.baddbmm(bias.unsqueeze(-1), batch_weight, x)
-    return _channel_map(x, weight, bias)
+    flat = x.reshape(x.shape[0], x.shape[1], -1)  # (B, C_in, P)
+    flat, weight, bias = gemm.in_autocast_dtype(flat, weight, bias)
+    if gemm.shared_matmul_uses_onednn(weight, flat):
+        out = _channel_map(flat, weight, bias)
+    elif bias is None:
+        out = torch.bmm(weight.expand(flat.shape[0], -1, -1), flat)
+    else:
+        out = torch.baddbmm(bias.unsqueeze(-1), weight.expand(flat.shape[0], -1, -1), flat)
+    return out if x.dim() == 3 else out.view(x.shape[0], -1, *x.shape[2:])
 
 
 @torch.library.custom_op("nfn_lab::channel_map", mutates_args=())

@@ -207,11 +207,8 @@ class EquivariantMapFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: MapPlan, forms: tuple[bool, ...], *tensors: Tensor) -> tuple[Tensor, ...]:
         # Under autocast, compute in the autocast dtype throughout (in-place GEMMs need one dtype).
-        device_type = tensors[0].device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            tensors = tuple(t.to(dtype) for t in tensors)
-        with torch.autocast(device_type, enabled=False):
+        tensors = gemm.in_autocast_dtype(*tensors)
+        with torch.autocast(tensors[0].device.type, enabled=False):
             return EquivariantMapFunction._forward(ctx, plan, forms, tensors)
 
     @staticmethod

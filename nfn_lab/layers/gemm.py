@@ -21,12 +21,14 @@ Shapes: ``x: (R, K)``, ``w: (K, N)``; batched: ``x: (B, K, P)``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "in_autocast_dtype",
     "uses_onednn",
     "matmul",
     "matmul_acc",
@@ -66,6 +68,16 @@ def _onednn_linear() -> Any:
 
 
 _LINEAR = _onednn_linear()
+
+
+def in_autocast_dtype(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """``tensors`` in the autocast dtype when autocast is on for their device (as ``nn.Linear``
+    computes; the hand-written passes then run with autocast off, in one dtype), else as given."""
+    device_type = next(t for t in tensors if t is not None).device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def uses_onednn(t: Tensor) -> bool:
@@ -108,10 +120,16 @@ def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
 
 def _blocked_tn(a: Tensor, b: Tensor) -> Tensor:
     """``a^T b`` summed over blocks of :data:`_TN_BLOCK_ROWS` rows, through oneDNN."""
-    out = _linear(a[:_TN_BLOCK_ROWS].t(), b[:_TN_BLOCK_ROWS].t())
-    for start in range(_TN_BLOCK_ROWS, a.shape[0], _TN_BLOCK_ROWS):
-        stop = start + _TN_BLOCK_ROWS
-        out.add_(_linear(a[start:stop].t(), b[start:stop].t()))
+    blocks = range(0, a.shape[0], _TN_BLOCK_ROWS)
+    return _linear_sum((a[i : i + _TN_BLOCK_ROWS].t(), b[i : i + _TN_BLOCK_ROWS].t()) for i in blocks)
+
+
+def _linear_sum(pairs: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    """``sum of x @ w_t^T`` over the (at least one) ``(x, w_t)`` pairs, each product through oneDNN."""
+    products = (_linear(x, w_t) for x, w_t in pairs)
+    out = next(products)
+    for product in products:
+        out.add_(product)
     return out
 
 
@@ -144,7 +162,4 @@ def batched_matmul_nt_sum(x: Tensor, g: Tensor) -> Tensor:
     """``sum_b x[b] @ g[b]^T``: ``x: (B, K, P)``, ``g: (B, N, P)`` -> ``(K, N)``."""
     if not _per_item(x, x.shape[1] * g.shape[1] * x.shape[2]):
         return torch.bmm(x, g.transpose(1, 2)).sum(dim=0)
-    out = _linear(x[0], g[0])
-    for b in range(1, x.shape[0]):
-        out.add_(_linear(x[b], g[b]))
-    return out
+    return _linear_sum(zip(x, g))

@@ -263,5 +263,4 @@ class ChannelLinear(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = channel_map(x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1), self.linear.weight, self.linear.bias)
-        return out.view(x.shape[0], -1, *x.shape[2:])
+        return channel_map(x, self.linear.weight, self.linear.bias)

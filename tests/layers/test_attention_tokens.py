@@ -85,7 +85,7 @@ def test_scatter_of_gathered_values_gives_each_entry_once_per_neuron_layer():
     groups = token_groups(shapes)
     qkv, shifts = _projections(shapes), _shifts(shapes)
     values = [tokens[2] for tokens in gather_tokens(groups, HEADS, qkv)]
-    out = scatter_tokens(groups, HEADS, [(BATCH, HEADS, HEAD_CHANNELS, *s) for s in shapes], values, shifts)
+    out = scatter_tokens(groups, HEADS, shapes, values, shifts)
     for a, (y, shape, shift) in enumerate(zip(out, shapes, shifts)):
         v = qkv[a].view(BATCH, 3, HEADS, HEAD_CHANNELS, *shape)[:, 2]
         assert y.is_contiguous()
@@ -108,12 +108,11 @@ def test_gradients_match_finite_differences(sizes):
     assert torch.autograd.gradcheck(gather, qkv)
     outs = [tokens[2].detach().requires_grad_() for tokens in gather_tokens(groups, HEADS, qkv)]
     shifts = _shifts(shapes, requires_grad=True)
-    array_shapes = [(BATCH, HEADS, HEAD_CHANNELS, *s) for s in shapes]
 
     def scatter(*tensors):
         given = iter(tensors[len(outs) :])
         return scatter_tokens(
-            groups, HEADS, array_shapes, tensors[: len(outs)], [None if t is None else next(given) for t in shifts]
+            groups, HEADS, shapes, tensors[: len(outs)], [None if t is None else next(given) for t in shifts]
         )
 
     assert torch.autograd.gradcheck(scatter, (*outs, *(t for t in shifts if t is not None)))
