@@ -31,7 +31,7 @@ import torch._dynamo
 from benchmarks import _libraries, _report
 from benchmarks._cases import QUICK_CASES, Case, all_cases
 from benchmarks._libraries import Library
-from benchmarks._timing import flat_outputs, interleaved, make_step, plan, synchronizer, warm_up
+from benchmarks._timing import Step, flat_outputs, interleaved, make_step, plan, synchronizer, warm_up
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Calls before timing, eager and compiled; a compiled model's first call compiles forward and backward.
@@ -81,17 +81,37 @@ def _measure(
     return _report.ModeResult(timings, errors, {side: w.first_s for side, w in warm.items()})
 
 
-def run_case(
-    case: Case, libraries: Sequence[Library], device: torch.device, compile_too: bool, rounds: int, round_seconds: float
-) -> _report.CaseResult:
-    """Builds the case's model with each library on the same input tensors and times it.
+@dataclasses.dataclass(frozen=True)
+class BuiltCase:
+    """A case's model built by each library, on the same input tensors.
+
+    Attributes:
+        models: per side (``"ref"``, ``"ours"``), the model in training mode.
+        inputs: per side, the input features in that library's own type.
+        cotangents: the fixed output gradients, one per output tensor (the same for every side).
+        errors: per side that failed to build, the error.
+    """
+
+    models: dict[str, torch.nn.Module]
+    inputs: dict[str, object]
+    cotangents: list[torch.Tensor]
+    errors: dict[str, str]
+
+    def steps(self) -> dict[str, Step]:
+        """Per side, one eager training step (:func:`~benchmarks._timing.make_step`)."""
+        return {side: make_step(m, self.inputs[side], self.cotangents) for side, m in self.models.items()}
+
+
+def build_case(case: Case, libraries: Sequence[Library], device: torch.device) -> BuiltCase:
+    """Builds the case's model with each library on the same input tensors (a side that fails is
+    recorded in ``errors`` and left out).
 
     Raises:
         RuntimeError: if the two libraries' models give outputs of different shapes (a benchmark bug).
     """
     weights, biases = case.workload.features(case.batch, case.channels)
     weights, biases = [w.to(device) for w in weights], [b.to(device) for b in biases]
-    models, inputs, shapes, build_errors = {}, {}, {}, {}
+    models, inputs, shapes, errors = {}, {}, {}, {}
     for lib in libraries:
         features = lib.features(weights, biases)
         try:
@@ -99,18 +119,26 @@ def run_case(
             model = case.build(lib.layers, lib.spec_from_features(features)).to(device).train()
             shapes[lib.name] = [tuple(t.shape) for t in flat_outputs(model(features))]
         except Exception as err:
-            _record_failure(build_errors, case, "build", lib.name, err)
+            _record_failure(errors, case, "build", lib.name, err)
             continue
         models[lib.name], inputs[lib.name] = model, features
     if len({tuple(s) for s in shapes.values()}) > 1:
         raise RuntimeError(f"{case.name}: the libraries' models give different output shapes: {shapes}.")
     gen = torch.Generator().manual_seed(1)
     cotangents = [torch.randn(s, generator=gen).to(device) for s in next(iter(shapes.values()), [])]
-    num_params = {side: sum(p.numel() for p in m.parameters()) for side, m in models.items()}
+    return BuiltCase(models, inputs, cotangents, errors)
+
+
+def run_case(
+    case: Case, libraries: Sequence[Library], device: torch.device, compile_too: bool, rounds: int, round_seconds: float
+) -> _report.CaseResult:
+    """Builds the case's model with each library (:func:`build_case`) and times it."""
+    built = build_case(case, libraries, device)
+    num_params = {side: sum(p.numel() for p in m.parameters()) for side, m in built.models.items()}
 
     def measure(compiled: bool) -> _report.ModeResult:
-        result = _measure(case, models, inputs, cotangents, device, compiled, rounds, round_seconds)
-        return dataclasses.replace(result, errors={**build_errors, **result.errors})
+        result = _measure(case, built.models, built.inputs, built.cotangents, device, compiled, rounds, round_seconds)
+        return dataclasses.replace(result, errors={**built.errors, **result.errors})
 
     return _report.CaseResult(
         case.name, case.note, case.target, num_params, measure(False), measure(True) if compile_too else None

@@ -160,3 +160,53 @@ def test_spread_rejects_a_file_that_is_not_a_report(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit):
         spread.main([str(bad)])
+
+
+def test_product_timer_times_and_counts_every_matrix_product():
+    from benchmarks.product_share import ProductTimer
+
+    a, b, bias = torch.randn(6, 4), torch.randn(4, 5), torch.randn(5)
+    batched = torch.randn(3, 6, 4), torch.randn(3, 4, 5)
+    with ProductTimer() as timer:
+        torch.mm(a, b)
+        torch.addmm(bias, a, b)
+        torch.bmm(*batched)
+        a.relu()  # not a product
+    assert timer.calls == 3
+    assert timer.macs == 2 * 6 * 4 * 5 + 3 * 6 * 4 * 5
+    assert timer.seconds > 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_product_timer_counts_onednn_linear():
+    from benchmarks.product_share import ProductTimer
+
+    x, w_t = torch.randn(2, 6, 4), torch.randn(5, 4)  # (..., K) @ (N, K)^T
+    with ProductTimer() as timer:
+        torch.ops.mkldnn._linear_pointwise(x, w_t, None, "none", [], "")
+    assert (timer.calls, timer.macs) == (1, 2 * 6 * 4 * 5)
+
+
+def test_product_share_budget_is_what_the_target_leaves():
+    from benchmarks.product_share import ProductShare, to_markdown
+
+    share = ProductShare("x", target=2.0, ref_ms=30.0, ours_ms=16.0, products_ms=10.0, gmacs=0.5, calls=7)
+    assert share.budget_ms == 15.0 and share.left_ms == 5.0 and share.gflops == pytest.approx(100.0)
+    alone = ProductShare("y", target=2.0, ref_ms=None, ours_ms=16.0, products_ms=10.0, gmacs=0.5, calls=7)
+    assert alone.budget_ms is None and alone.left_ms is None
+    rows = to_markdown([share, alone]).splitlines()[2:]
+    assert rows[0] == "| x | 30.0 | 16.0 | 10.0 (62%) | 7 | 100 | 2x | 15.0 | 5.0 |"
+    assert rows[1].startswith("| y | - | 16.0 |") and rows[1].endswith("| 2x | - | - |")
+
+
+def test_product_share_measures_a_case_with_nfn_lab_alone(tmp_path):
+    from benchmarks import product_share
+
+    argv = ["--ours-only", "--cases", "NPLinear cnn-zoo B=8", "--rounds", "2", "--round-seconds", "0.005"]
+    (share,) = product_share.main([*argv, "--out", str(tmp_path)])
+    assert share.case == "NPLinear cnn-zoo B=8" and share.ref_ms is None
+    assert share.ours_ms > 0 and share.products_ms > 0 and share.calls > 0 and share.gmacs > 0
+    (table,) = tmp_path.glob("*_products.md")
+    assert "| NPLinear cnn-zoo B=8 |" in table.read_text()
+    with pytest.raises(SystemExit):
+        product_share.main(["--ours-only", "--cases", "no such case", "--out", str(tmp_path)])

@@ -39,11 +39,15 @@ __all__ = [
     "batched_matmul_nt_sum",
 ]
 
-# oneDNN only where the reduction (for x^T g: the wider side of the output) is at least this
-# wide: thinner products are memory-bound and MKL runs them as fast or faster (bench_gemm.py).
-_MIN_WIDTH = 64
-# x^T g goes through oneDNN when its wider side is at least _MIN_WIDTH and its narrower at
-# least this: a thinner product (e.g. a 1-channel output) is faster on MKL.
+# x @ w goes through oneDNN only where the reduction K is at least this wide: thinner products
+# are memory-bound and MKL runs them as fast or faster (K = 9: MKL 1.2-1.3x faster; K = 16:
+# even; K = 32-64: oneDNN 1.3-2.5x faster, e.g. the CNN zoo's 5-channel input gradient,
+# (R, 45) @ (45, 144); bench_gemm.py).
+_MIN_WIDTH = 32
+# x^T g goes through oneDNN when the wider side of its output is at least this (at 32 x 32
+# MKL is 1.4x faster) and its narrower at least _MIN_TN_NARROW: a thinner product (e.g. a
+# 1-channel output) is faster on MKL.
+_MIN_TN_WIDTH = 64
 _MIN_TN_NARROW = 8
 # oneDNN only for products of at least this many multiply-adds: its calls cost about 12 us
 # more than MKL's, which smaller products do not win back (crossover near 1M, bench_gemm.py).
@@ -90,21 +94,22 @@ def _linear(x: Tensor, w_t: Tensor, bias: Tensor | None = None) -> Tensor:
     return _LINEAR(x, w_t, bias, "none", [], "")
 
 
-def _wide_and_large(x: Tensor, width: int, macs: int) -> bool:
-    """Whether a product of tensors like ``x`` with reduction ``width`` and ``macs`` multiply-adds runs on oneDNN."""
-    return uses_onednn(x) and width >= _MIN_WIDTH and macs >= _MIN_MACS
+def _wide_and_large(x: Tensor, width: int, min_width: int, macs: int) -> bool:
+    """Whether a product of tensors like ``x`` with ``width`` (at least ``min_width``) and ``macs``
+    multiply-adds runs on oneDNN."""
+    return uses_onednn(x) and width >= min_width and macs >= _MIN_MACS
 
 
 def matmul(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ w [+ bias]``: ``x: (R, K)``, ``w: (K, N)``, ``bias: (N,)`` -> ``(R, N)``."""
-    if _wide_and_large(x, x.shape[1], x.shape[0] * x.shape[1] * w.shape[1]):
+    if _wide_and_large(x, x.shape[1], _MIN_WIDTH, x.shape[0] * x.shape[1] * w.shape[1]):
         return _linear(x, w.t(), bias)
     return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
 
 
 def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """``out += x @ w`` in place: ``out: (R, N)``, ``x: (R, K)``, ``w: (K, N)``; returns ``out``."""
-    if _wide_and_large(x, x.shape[1], x.shape[0] * x.shape[1] * w.shape[1]):
+    if _wide_and_large(x, x.shape[1], _MIN_WIDTH, x.shape[0] * x.shape[1] * w.shape[1]):
         return out.add_(_linear(x, w.t()))
     return out.addmm_(x, w)
 
@@ -112,7 +117,7 @@ def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
 def matmul_tn(x: Tensor, g: Tensor) -> Tensor:
     """``x^T g``, the gradient of a weight ``(K, N)`` from its input ``x: (R, K)`` and output gradient ``g: (R, N)``."""
     narrow, wide = sorted((x.shape[1], g.shape[1]))
-    if not (_wide_and_large(x, wide, x.shape[0] * narrow * wide) and narrow >= _MIN_TN_NARROW):
+    if not (_wide_and_large(x, wide, _MIN_TN_WIDTH, x.shape[0] * narrow * wide) and narrow >= _MIN_TN_NARROW):
         return torch.mm(x.t(), g)
     # oneDNN runs the product fastest with the narrower operand as its left factor.
     return _blocked_tn(x, g) if x.shape[1] <= g.shape[1] else _blocked_tn(g, x).t()

@@ -71,14 +71,18 @@ def test_wide_float32_products_go_through_onednn(monkeypatch):
 
     monkeypatch.setattr(gemm, "_LINEAR", counting)
     x, w = torch.randn(256, 64), torch.randn(64, 64)
+    narrow = torch.randn(1024, 32)
     gemm.matmul(x, w)
     gemm.matmul_tn(x, x)
-    assert calls == [torch.float32, torch.float32]
+    gemm.matmul(narrow, w[:32])  # a reduction 32 wide: oneDNN
+    assert calls == [torch.float32] * 3
     gemm.matmul(x.double(), w.double())  # float64: MKL
     gemm.matmul(x[:, :8], w[:8])  # thin: MKL
+    gemm.matmul(narrow[:, :16], w[:16])  # a reduction 16 wide: MKL
     gemm.matmul(x[:64], w)  # under 1M multiply-adds: MKL
     gemm.matmul_tn(x[:64], x[:64])
-    assert len(calls) == 2
+    gemm.matmul_tn(narrow, narrow)  # x^T g only 32 wide: MKL
+    assert len(calls) == 3
     assert gemm.uses_onednn(x) and not gemm.uses_onednn(x.double())
 
 
