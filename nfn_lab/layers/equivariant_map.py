@@ -185,6 +185,22 @@ def _add_pointwise(out: Tensor, x: Tensor, w: Tensor, first: bool) -> None:
         gemm.matmul_acc(out.view(-1, w.shape[1]), _rows(x), w)
 
 
+def _pointwise_plus_outer_sum(x: Tensor, w: Tensor, rows: Tensor, cols: Tensor, first: bool) -> Tensor:
+    """``x @ w`` per entry plus ``rows[b, i] + cols[b, j]``: the output of an array with two kept axes.
+
+    ``x`` ``(B, n, m, K)`` (or features first ``(B, K, n, m)``), ``w`` ``(K, N)``, ``rows``
+    ``(B, n, N)``, ``cols`` ``(B, m, N)`` -> ``(B, n, m, N)`` (or ``(B, N, n, m)``). Where
+    oneDNN runs the product, it writes into fresh memory anyway: the broadcast terms are then
+    added to it in place (one large allocation, not two); elsewhere the product accumulates
+    into their outer sum.
+    """
+    if not first and gemm.matmul_uses_onednn(_rows(x), w):
+        return _matmul_2d(x, w).add_(rows.unsqueeze(2)).add_(cols.unsqueeze(1))
+    out = _outer_sum(rows, cols, first)
+    _add_pointwise(out, x, w, first)
+    return out
+
+
 def _pointwise_weight_grad(x: Tensor, g: Tensor, first: bool) -> Tensor:
     """``sum over entries of x^T g``: ``(K, N)`` for ``x`` with ``K`` and ``g`` with ``N`` features."""
     if first:
@@ -229,8 +245,9 @@ class EquivariantMapFunction(torch.autograd.Function):
             for a, part in zip(term.outputs, out.split([plan.d_out[a] for a in term.outputs], dim=-1)):
                 parts[a].append(part)
 
+        pair_w = dict(zip(plan.pairs, pair_ws))
         ys = []
-        for kept, first, p in zip(plan.kept_layers, forms, parts):
+        for a, (kept, first, p) in enumerate(zip(plan.kept_layers, forms, parts)):
             glob = p[0]
             if not kept:
                 ys.append(glob.clone())
@@ -240,9 +257,7 @@ class EquivariantMapFunction(torch.autograd.Function):
                 # Terms arrive in neuron-layer order; the rows' layer is kept[0].
                 by_layer = dict(zip(sorted(kept), p[1:]))
                 rows, cols = by_layer[kept[0]], by_layer[kept[1]]
-                ys.append(_outer_sum(rows + glob.unsqueeze(1), cols, first))
-        for a, w in zip(plan.pairs, pair_ws):
-            _add_pointwise(ys[a], xs[a], w, forms[a])  # the pointwise term, accumulated by the GEMM
+                ys.append(_pointwise_plus_outer_sum(xs[a], pair_w[a], rows + glob.unsqueeze(1), cols, first))
 
         ctx.plan, ctx.forms = plan, forms
         ctx.save_for_backward(*xs, *term_ws, *pair_ws, *term_inputs)
@@ -299,6 +314,7 @@ class EquivariantMapFunction(torch.autograd.Function):
                 key_m = (m.array, m.reduce)
                 g_red[key_m] = g_red[key_m] + piece if key_m in g_red else piece
 
+        pair_w = dict(zip(plan.pairs, pair_ws))
         x_grads: list[Tensor | None] = []
         for a, (kept, first, x) in enumerate(zip(plan.kept_layers, forms, xs)):
             dims = _neuron_dims(first, len(kept))
@@ -307,16 +323,14 @@ class EquivariantMapFunction(torch.autograd.Function):
             elif len(kept) == 2:
                 n, m = x.shape[dims[0]], x.shape[dims[1]]
                 rows = g_red[a, "rows"] / m + (g_red[a, "all"] / (n * m)).unsqueeze(1)
-                x_grads.append(_outer_sum(rows, g_red[a, "cols"] / n, first))
+                x_grads.append(_pointwise_plus_outer_sum(grads[a], pair_w[a].t(), rows, g_red[a, "cols"] / n, first))
             elif len(kept) == 1:
                 x_grads.append(_broadcast_add(g_red[a, "self"], g_red[a, "all"] / x.shape[dims[0]], first))
             else:
                 x_grads.append(g_red[a, "all"].clone())
 
         pair_w_grads: list[Tensor | None] = []
-        for a, w, need_w in zip(plan.pairs, pair_ws, needs_pair_w):
-            if x_grads[a] is not None:
-                _add_pointwise(x_grads[a], grads[a], w.t(), forms[a])
+        for a, need_w in zip(plan.pairs, needs_pair_w):
             pair_w_grads.append(_pointwise_weight_grad(xs[a], grads[a], forms[a]) if need_w else None)
 
         return (None, None, *x_grads, *term_w_grads, *pair_w_grads, bias_grad)

@@ -33,6 +33,7 @@ __all__ = [
     "matmul",
     "matmul_acc",
     "matmul_tn",
+    "matmul_uses_onednn",
     "shared_matmul",
     "shared_matmul_acc",
     "shared_matmul_uses_onednn",
@@ -100,16 +101,21 @@ def _wide_and_large(x: Tensor, width: int, min_width: int, macs: int) -> bool:
     return uses_onednn(x) and width >= min_width and macs >= _MIN_MACS
 
 
+def matmul_uses_onednn(x: Tensor, w: Tensor) -> bool:
+    """Whether :func:`matmul` and :func:`matmul_acc` of ``x: (R, K)`` and ``w: (K, N)`` run on oneDNN."""
+    return _wide_and_large(x, x.shape[1], _MIN_WIDTH, x.shape[0] * x.shape[1] * w.shape[1])
+
+
 def matmul(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ w [+ bias]``: ``x: (R, K)``, ``w: (K, N)``, ``bias: (N,)`` -> ``(R, N)``."""
-    if _wide_and_large(x, x.shape[1], _MIN_WIDTH, x.shape[0] * x.shape[1] * w.shape[1]):
+    if matmul_uses_onednn(x, w):
         return _linear(x, w.t(), bias)
     return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
 
 
 def matmul_acc(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """``out += x @ w`` in place: ``out: (R, N)``, ``x: (R, K)``, ``w: (K, N)``; returns ``out``."""
-    if _wide_and_large(x, x.shape[1], _MIN_WIDTH, x.shape[0] * x.shape[1] * w.shape[1]):
+    if matmul_uses_onednn(x, w):
         return out.add_(_linear(x, w.t()))
     return out.addmm_(x, w)
 
