@@ -308,6 +308,8 @@ class EquivariantMapFunction(torch.autograd.Function):
             term_w_grads.append(gemm.matmul_tn(_rows(inp), _rows(g_term)) if need_w else None)
             if term.name == "global":
                 bias_grad = g_term.sum(dim=0)
+            if not any(needs_x[m.array] for m in term.members):
+                continue  # e.g. a first layer's raw weights: no input-side product
             g_inp = _matmul_2d(g_term, w.t())
             widths = [plan.d_in[m.array] for m in term.members]
             for m, piece in zip(term.members, g_inp.split(widths, dim=-1)):

@@ -241,3 +241,34 @@ def test_float32_products_match_float64(cls, memory):
         results[dtype] = [t.double() for t in (*outs, *(a.grad for a in arrays), *(p.grad for p in layer.parameters()))]
     for low, high in zip(results[torch.float32], results[torch.float64]):
         torch.testing.assert_close(low.detach(), high.detach(), rtol=1e-4, atol=1e-3 * high.abs().max().item())
+
+
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+@pytest.mark.parametrize("memory", ["channels_first", "channels_last"])
+def test_backward_makes_no_input_products_when_no_input_needs_a_gradient(cls, memory, monkeypatch):
+    """A first layer's inputs (raw weights) need no gradient: its backward then runs no product
+    towards the inputs (term or pointwise), and the parameters' gradients are unchanged."""
+    from nfn_lab.layers import gemm
+
+    x = _features("mlp", 3, channels=3)
+    layer = cls(network_spec_from_wsfeat(x), 3, 4).double()
+
+    def backward(inputs_need_grad: bool) -> tuple[list[torch.Tensor], int]:
+        arrays = [t.clone() if memory == "channels_first" else channels_last(t) for t in (*x.weights, *x.biases)]
+        arrays = [t.requires_grad_(inputs_need_grad) for t in arrays]
+        out = layer(WeightSpaceFeatures(arrays[:3], arrays[3:]))
+        outs = (*out.weights, *out.biases)
+        calls = []
+        with monkeypatch.context() as patch:
+            for name in ("matmul", "matmul_acc", "shared_matmul_acc"):
+                original = getattr(gemm, name)
+                patch.setattr(gemm, name, lambda *a, original=original, **k: calls.append(1) or original(*a, **k))
+            layer.zero_grad()
+            torch.autograd.backward(outs, [torch.ones_like(t) * (i + 1) for i, t in enumerate(outs)])
+        return [p.grad.clone() for p in layer.parameters()], len(calls)
+
+    with_inputs, input_products = backward(True)
+    without_inputs, no_products = backward(False)
+    assert input_products > 0 and no_products == 0
+    for a, b in zip(with_inputs, without_inputs):
+        torch.testing.assert_close(a, b)
