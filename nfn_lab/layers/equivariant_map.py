@@ -9,9 +9,9 @@ arrays features first, ``(B, D, *kept_axes)`` (see :mod:`nfn_lab.layers.layout`)
 
 Why a hand-written backward: the map is dominated by a few GEMMs plus broadcasts and
 reductions over the large ``(B, n, m, D)`` arrays. Autograd would materialize every
-broadcast and every mean's gradient separately; here each large array is read and
-written the minimum number of times (the broadcast terms are summed once, then the
-pointwise GEMM accumulates into them, in both directions), and the GEMMs for inputs
+broadcast and every mean's gradient separately; here each large array is allocated once
+and read and written the minimum number of times (the pointwise GEMM and the summed
+broadcast terms meet in one output, in both directions), and the GEMMs towards inputs
 that need no gradient (raw weights) are skipped. Double backward is not supported.
 """
 
