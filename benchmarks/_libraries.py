@@ -176,3 +176,11 @@ def reference(directory: Path = REFERENCE_DIR) -> Library:
     common = importlib.import_module("nfn.common")
     spec_from_features = common.network_spec_from_wsfeat
     return Library("ref", version, _namespace(layers), common.WeightSpaceFeatures, spec_from_features, f"nfn {version}")
+
+
+def sides(ours_only: bool = False, reference_dir: Path = REFERENCE_DIR, against: str | None = None) -> list[Library]:
+    """The libraries a benchmark times, ``"ref"`` first: the reference (from ``reference_dir``), or
+    nfn-lab at git revision ``against``, or nothing if ``ours_only``; then nfn-lab (``"ours"``)."""
+    if against:
+        return [revision(against), ours()]
+    return [ours()] if ours_only else [reference(reference_dir), ours()]

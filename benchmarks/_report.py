@@ -137,6 +137,24 @@ def environment(
     }
 
 
+def header(title: str, env: dict[str, object]) -> list[str]:
+    """A report's first lines: ``# title`` and one ``- key: value`` line per entry of ``env``."""
+    return [f"# {title}", "", *(f"- {key}: {value}" for key, value in env.items()), ""]
+
+
+def timestamp() -> str:
+    """``<date>-<time>``, the start of every result file's name."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_markdown(out_dir: Path, kind: str, text: str) -> Path:
+    """Writes ``text`` to ``<out_dir>/<date>-<time>_<kind>.md`` and returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{timestamp()}_{kind}.md"
+    path.write_text(text + "\n")
+    return path
+
+
 def _fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
@@ -144,10 +162,7 @@ def _fmt_ratio(ratio: float | None) -> str:
 def to_markdown(env: dict[str, object], results: list[CaseResult]) -> str:
     """A header listing ``env`` and one table row per case."""
     lines = [
-        f"# NF-layer benchmark: nfn-lab (ours) vs {env.get('ref_label', 'nfn 0.1.2')} (ref)",
-        "",
-        *(f"- {key}: {value}" for key, value in env.items()),
-        "",
+        *header(f"NF-layer benchmark: nfn-lab (ours) vs {env.get('ref_label', 'nfn 0.1.2')} (ref)", env),
         (
             "Milliseconds per training step (forward + backward), median over the rounds; "
             "ratio = ref / ours (> 1: ours is faster). `verdict`: eager ratio >= target and compiled ratio > 1."

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from benchmarks import _report
-from benchmarks._timing import Timing, interleaved, synchronizer
+from benchmarks._timing import Timing, interleaved, synchronizer, torch_threads
 from nfn_lab.builders import cnn_zoo, inr_zoo
 from nfn_lab.builders._optim import OPTIMIZERS
 from nfn_lab.builders._resumable import derive_seed
@@ -251,16 +251,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         cases = [case for case in make_cases(args.quick, args.device) if args.only in case.name]
         results = []
         for case in cases:
             print(f"timing {case.name} on {args.device} ...", file=sys.stderr)
             results.append(measure(case, rounds, args.device))
-    finally:
-        torch.set_num_threads(threads)
     env = _report.environment(args.device, 1, {}, {"rounds": rounds})
     text = to_markdown(env, cases, results)
     print(text)

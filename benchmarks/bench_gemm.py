@@ -15,7 +15,6 @@ Markdown table and writes it to ``benchmarks/results/<date>-<time>_gemm.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks import _report
-from benchmarks._timing import interleaved, plan, synchronizer, warm_up
+from benchmarks._timing import interleaved, plan, synchronizer, torch_threads, warm_up
 from nfn_lab.layers import gemm
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -96,33 +95,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where to write the table")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sync = synchronizer(torch.device("cpu"))
     env = _report.environment(torch.device("cpu"), args.threads, {}, {"onednn": gemm.uses_onednn(torch.zeros(1))})
     lines = [
-        "# NF-layer matrix products: nfn_lab.layers.gemm vs torch.mm/bmm (CPU, float32)",
-        "",
-        *(f"- {key}: {value}" for key, value in env.items()),
-        "",
+        *_report.header("NF-layer matrix products: nfn_lab.layers.gemm vs torch.mm/bmm (CPU, float32)", env),
         "GFLOP/s, median over rounds; ratio = torch time / routed time.",
         "",
         "| product | torch GFLOP/s | routed GFLOP/s | ratio |",
         "|---|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
-    for name, torch_side, ours_side, flops in _cases():
-        steps = {"torch": torch_side, "routed": ours_side}
-        warm = {side: warm_up(step, sync, 2).last_s for side, step in steps.items()}
-        rounds, iters = plan(warm, args.rounds, args.round_seconds)
-        timings = interleaved(steps, rounds, iters, sync)
-        t_torch, t_ours = timings["torch"].median, timings["routed"].median
-        row = f"| {name} | {flops / t_torch / 1e9:.0f} | {flops / t_ours / 1e9:.0f} | {t_torch / t_ours:.2f}x |"
-        lines.append(row)
-        print(row, flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_gemm.md"
-    path.write_text("\n".join(lines) + "\n")
+    with torch_threads(args.threads):
+        for name, torch_side, ours_side, flops in _cases():
+            steps = {"torch": torch_side, "routed": ours_side}
+            warm = {side: warm_up(step, sync, 2).last_s for side, step in steps.items()}
+            rounds, iters = plan(warm, args.rounds, args.round_seconds)
+            timings = interleaved(steps, rounds, iters, sync)
+            t_torch, t_ours = timings["torch"].median, timings["routed"].median
+            row = f"| {name} | {flops / t_torch / 1e9:.0f} | {flops / t_ours / 1e9:.0f} | {t_torch / t_ours:.2f}x |"
+            lines.append(row)
+            print(row, flush=True)
+    path = _report.write_markdown(args.out_dir, "gemm", "\n".join(lines))
     print(f"\nwritten: {path}")
     return 0
 

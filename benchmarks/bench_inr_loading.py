@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._timing import interleaved, loader_epoch
+from benchmarks._timing import interleaved, loader_epoch, torch_threads
 from datamodules.nfn_siren import NFNSirenDataModule
 from nfn_lab.data.cache import CACHE_DIR_NAME
 from tests.data.nfn_siren.generate import PREFIX, generate
@@ -139,16 +139,14 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.rounds = 300, 3
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench_inr_"))
     try:
-        generate(root, num_images=args.networks, aug_copies=0, steps=args.fit_steps)
-        shutil.rmtree(root / CACHE_DIR_NAME, ignore_errors=True)
-        text = report(args, measure(root, args.networks, args.batch_size, args.rounds))
+        with torch_threads(1):
+            generate(root, num_images=args.networks, aug_copies=0, steps=args.fit_steps)
+            shutil.rmtree(root / CACHE_DIR_NAME, ignore_errors=True)
+            text = report(args, measure(root, args.networks, args.batch_size, args.rounds))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        torch.set_num_threads(threads)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import fnmatch
 import sys
 import time
@@ -31,7 +30,7 @@ import torch._dynamo
 from benchmarks import _libraries, _report
 from benchmarks._cases import QUICK_CASES, Case, all_cases
 from benchmarks._libraries import Library
-from benchmarks._timing import Step, flat_outputs, interleaved, make_step, plan, synchronizer, warm_up
+from benchmarks._timing import Step, flat_outputs, interleaved, make_step, plan, synchronizer, torch_threads, warm_up
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Calls before timing, eager and compiled; a compiled model's first call compiles forward and backward.
@@ -219,15 +218,9 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
     if args.list or not cases:
         print("\n".join(f"{c.name}  ({c.note})" for c in cases) or "no case matches --cases")
         return []
-    libraries = [_libraries.ours()]
-    if args.against:
-        libraries.insert(0, _libraries.revision(args.against))
-    elif not args.ours_only:
-        libraries.insert(0, _libraries.reference(args.reference_dir))
+    libraries = _libraries.sides(args.ours_only, args.reference_dir, args.against)
     device = torch.device(args.device)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         env = _report.environment(
             device,
             args.threads,
@@ -246,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> list[_report.CaseResult]:
             results.append(run_case(case, libraries, device, args.compile, args.rounds, args.round_seconds))
             print(_progress(results[-1]), flush=True)
         env["run_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    finally:
-        torch.set_num_threads(previous_threads)
-    stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"_{device.type}" + ("_quick" if args.quick else "")
+    stem = _report.timestamp() + f"_{device.type}" + ("_quick" if args.quick else "")
     if args.against:
         stem += f"_vs_{libraries[0].version}"
     paths = _report.write(args.out, stem, env, results)

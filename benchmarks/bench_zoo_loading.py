@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from benchmarks._timing import loader_epoch
+from benchmarks._timing import loader_epoch, torch_threads
 from datamodules.small_cnn_zoo import FINAL_STEP, SmallCNNZooDataModule, SmallCNNZooDataset, nfn_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 from tests.data.small_cnn_zoo.generate import generate_synthetic
@@ -207,9 +207,7 @@ def throughput(root: Path, batch_size: int, rounds: int) -> dict[str, dict[str, 
     per wall-clock second and per CPU second of the process: on a shared machine the CPU
     clock is the less noisy of the two.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         loaders, results = {}, {}
         for side, build in BUILDERS.items():
             start = time.perf_counter()
@@ -224,8 +222,6 @@ def throughput(root: Path, batch_size: int, rounds: int) -> dict[str, dict[str, 
             results[side]["samples_per_s"] = results[side]["samples"] / statistics.median(wall)
             results[side]["samples_per_cpu_s"] = results[side]["samples"] / statistics.median(cpu)
         return results
-    finally:
-        torch.set_num_threads(threads)
 
 
 def report(args: argparse.Namespace, speed: dict, memory: list[tuple[str, str, int, dict]]) -> str:

@@ -18,7 +18,6 @@ activations between layers, Python) is counted, only faster products reach the t
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import statistics
 import sys
@@ -35,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks import _libraries, _report
 from benchmarks._cases import Case
-from benchmarks._timing import interleaved, plan, synchronizer, warm_up
+from benchmarks._timing import interleaved, plan, synchronizer, torch_threads, warm_up
 from benchmarks.bench_layers import RESULTS_DIR, build_case, select_cases
 
 __all__ = ["ProductTimer", "ProductShare", "measure", "to_markdown", "main"]
@@ -204,34 +203,18 @@ def main(argv: Sequence[str] | None = None) -> list[ProductShare]:
     cases = select_cases(args.cases, quick=False)
     if not cases:
         parser.error(f"no case matches {args.cases}; python benchmarks/bench_layers.py --list names them.")
-    libraries = [_libraries.ours()]
-    if not args.ours_only:
-        libraries.insert(0, _libraries.reference(args.reference_dir))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        shares = []
+    libraries = _libraries.sides(args.ours_only, args.reference_dir)
+    shares = []
+    with torch_threads(args.threads):
         for case in cases:
             shares.append(measure(case, libraries, args.rounds, args.round_seconds))
             print(f"{case.name}: ours {shares[-1].ours_ms:.1f} ms, {shares[-1].products_ms:.1f} in products", flush=True)
-    finally:
-        torch.set_num_threads(threads)
     env = _report.environment(
         torch.device("cpu"), args.threads, {lib.name: lib.version for lib in libraries}, {"rounds": args.rounds}
     )
-    text = "\n".join(
-        [
-            "# Matrix products inside nfn-lab's training step (CPU, eager)",
-            "",
-            *(f"- {key}: {value}" for key, value in env.items()),
-            "",
-            to_markdown(shares),
-        ]
-    )
+    text = "\n".join([*_report.header("Matrix products inside nfn-lab's training step (CPU, eager)", env), to_markdown(shares)])
     print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_products.md"
-    path.write_text(text + "\n")
+    path = _report.write_markdown(args.out, "products", text)
     print(f"\nwritten: {path}")
     return shares
 

@@ -173,18 +173,6 @@ def _matmul_2d(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return gemm.matmul(_rows(x), w, bias=bias).view(*x.shape[:-1], w.shape[1])
 
 
-def _add_pointwise(out: Tensor, x: Tensor, w: Tensor, first: bool) -> None:
-    """``out += x @ w`` per entry, in place (``out`` contiguous).
-
-    ``x`` ``(B, n, m, K)`` or, features first, ``(B, K, n, m)``; ``w`` ``(K, N)``.
-    """
-    if first:
-        batch = x.shape[0]
-        gemm.shared_matmul_acc(out.view(batch, w.shape[1], -1), w.t(), x.reshape(batch, w.shape[0], -1))
-    else:
-        gemm.matmul_acc(out.view(-1, w.shape[1]), _rows(x), w)
-
-
 def _pointwise_plus_outer_sum(x: Tensor, w: Tensor, rows: Tensor, cols: Tensor, first: bool) -> Tensor:
     """``x @ w`` per entry plus ``rows[b, i] + cols[b, j]``: the output of an array with two kept axes.
 
@@ -194,10 +182,17 @@ def _pointwise_plus_outer_sum(x: Tensor, w: Tensor, rows: Tensor, cols: Tensor, 
     added to it in place (one large allocation, not two); elsewhere the product accumulates
     into their outer sum.
     """
-    if not first and gemm.matmul_uses_onednn(_rows(x), w):
-        return _matmul_2d(x, w).add_(rows.unsqueeze(2)).add_(cols.unsqueeze(1))
+    if first:
+        out = _outer_sum(rows, cols, first)
+        batch = x.shape[0]
+        gemm.shared_matmul_acc(out.view(batch, w.shape[1], -1), w.t(), x.reshape(batch, w.shape[0], -1))
+        return out
+    x_rows = _rows(x)  # once: a copy when x is not row-major (e.g. an incoming gradient)
+    if gemm.matmul_uses_onednn(x_rows, w):
+        out = gemm.matmul(x_rows, w).view(*x.shape[:-1], w.shape[1])
+        return out.add_(rows.unsqueeze(2)).add_(cols.unsqueeze(1))
     out = _outer_sum(rows, cols, first)
-    _add_pointwise(out, x, w, first)
+    gemm.matmul_acc(out.view(-1, w.shape[1]), x_rows, w)
     return out
 
 
