@@ -13,34 +13,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["cos_and_sin_", "sin_and_cos", "tanh"]
+__all__ = ["cos_and_sin_", "tanh"]
 
 
 def cos_and_sin_(z: Tensor, cos: Tensor) -> None:
-    """Writes ``cos(z)`` into ``cos`` and then ``sin(z)`` into ``z`` (same shapes, contiguous, no autograd)."""
-    if z.device.type == "cpu":
+    """Writes ``cos(z)`` into ``cos`` and then ``sin(z)`` into ``z`` (same shapes, any strides, no autograd).
+
+    Through NumPy for float32/float64 CPU tensors, through PyTorch otherwise.
+    """
+    if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
         z_array = z.numpy()
         np.cos(z_array, out=cos.numpy())
         np.sin(z_array, out=z_array)
     else:
         torch.cos(z, out=cos)
         z.sin_()
-
-
-def sin_and_cos(z: Tensor) -> Tensor:
-    """``torch.cat([z.sin(), z.cos()], dim=-1)``: ``(..., M)`` -> ``(..., 2M)``.
-
-    Through NumPy, straight into one output, for a float32/float64 CPU tensor that needs no
-    gradient (e.g. Fourier features of raw weights); through PyTorch otherwise.
-    """
-    numpy_ok = z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
-    if not numpy_ok or (z.requires_grad and torch.is_grad_enabled()):
-        return torch.cat([z.sin(), z.cos()], dim=-1)
-    out = z.new_empty((*z.shape[:-1], 2 * z.shape[-1]))
-    z_array, out_array, m = z.detach().numpy(), out.numpy(), z.shape[-1]
-    np.sin(z_array, out=out_array[..., :m])
-    np.cos(z_array, out=out_array[..., m:])
-    return out
 
 
 class _NumpyTanh(torch.autograd.Function):

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from nfn_lab._fast_math import sin_and_cos
+from nfn_lab._fast_math import cos_and_sin_
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["GaussianFourierFeatureTransform", "IOSinusoidalEncoding", "LearnedPosEmbedding", "fourier_encode"]
@@ -48,8 +48,27 @@ class GaussianFourierFeatureTransform(nn.Module):
         self.register_buffer("projection", torch.randn(in_channels, mapping_size) * scale)
 
     def _encode(self, x: Tensor) -> Tensor:
-        z = 2 * math.pi * (x.movedim(1, -1) @ self.projection)  # (B, ..., mapping_size)
-        return sin_and_cos(z).movedim(-1, 1)
+        """``(B, C_in, ...)`` -> ``(B, 2 * mapping_size, ...)``, contiguous.
+
+        Without autograd, the phases are written into the output's sine half and turned into
+        sines and cosines there: one array of the output's size is allocated, not three
+        (phases, scaled phases, output). On large inputs (e.g. the ``(32, 256, 32, 32)``
+        features of a SIREN batch's hidden weights) each fresh array costs as much in page
+        faults as in arithmetic.
+        """
+        angular = (2 * math.pi) * self.projection  # (C_in, mapping_size): scaling it costs nothing
+        if torch.is_grad_enabled() and x.requires_grad:
+            z = torch.einsum("bc...,cm->bm...", x, angular)
+            return torch.cat([z.sin(), z.cos()], dim=1)
+        m = self.mapping_size
+        out = x.new_empty((x.shape[0], 2 * m, *x.shape[2:]))
+        phases = out[:, :m]  # (B, m, ...)
+        if self.in_channels == 1:  # an outer product: one broadcast multiply
+            torch.mul(x, angular.view(1, m, *(1,) * (x.dim() - 2)), out=phases)
+        else:
+            phases.copy_(torch.einsum("bc...,cm->bm...", x, angular))
+        cos_and_sin_(phases, out[:, m:])
+        return out
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self.network_spec.check_features(wsfeat, self.in_channels, where="GaussianFourierFeatureTransform")
@@ -163,7 +182,12 @@ class IOSinusoidalEncoding(nn.Module):
         weight_codes, bias_codes = _position_codes(self.network_spec, layer, layer, inputs, outputs)
 
         def append(x: Tensor, code: Tensor) -> Tensor:
-            return torch.cat([x, code.expand(x.shape[0], -1, *x.shape[2:])], dim=1)
+            code = code.expand(x.shape[0], -1, *x.shape[2:])
+            if not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
+                # Channels innermost (e.g. Fourier features, NF-layer outputs): keep that memory
+                # layout, a row-wise copy, not a transposing one into channels-first memory.
+                return torch.cat([x.movedim(1, -1), code.movedim(1, -1)], dim=-1).movedim(-1, 1)
+            return torch.cat([x, code], dim=1)
 
         return WeightSpaceFeatures(
             tuple(append(w, c) for w, c in zip(wsfeat.weights, weight_codes)),

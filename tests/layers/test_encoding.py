@@ -13,12 +13,13 @@ from nfn_lab.layers.encoding import (
 )
 from nfn_lab.testing import (
     SPACES,
+    channels_last,
     assert_equivariant,
     assert_sensitive,
     example_features,
     non_group_transforms,
 )
-from nfn_lab.weightspace import NetworkSpec, network_spec_from_wsfeat
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
 CHANNELS = 2
 
@@ -27,18 +28,38 @@ def _features(kind, num_layers, channels=CHANNELS, **kwargs):
     return example_features(kind, num_layers, channels=channels, dtype=torch.float64, **kwargs)
 
 
+@pytest.mark.parametrize("channels", [1, CHANNELS])  # 1: the broadcast-multiply path
 @pytest.mark.parametrize("kind,num_layers", SPACES)
-def test_gaussian_fourier_features(kind, num_layers):
-    x = _features(kind, num_layers)
+def test_gaussian_fourier_features(kind, num_layers, channels):
+    x = _features(kind, num_layers, channels=channels)
     torch.manual_seed(0)
-    layer = GaussianFourierFeatureTransform(network_spec_from_wsfeat(x), CHANNELS, mapping_size=4, scale=2).double()
+    layer = GaussianFourierFeatureTransform(network_spec_from_wsfeat(x), channels, mapping_size=4, scale=2).double()
     y = layer(x)
     assert layer.out_channels == 8
     for a, b in zip((*x.weights, *x.biases), (*y.weights, *y.biases)):
-        assert b.shape == (a.shape[0], 8, *a.shape[2:])
+        assert b.shape == (a.shape[0], 8, *a.shape[2:]) and b.is_contiguous()
         z = 2 * math.pi * torch.einsum("bc...,cm->bm...", a, layer.projection)
         torch.testing.assert_close(b, torch.cat([z.sin(), z.cos()], dim=1))
     assert_equivariant(layer, x, group="np")
+
+
+@pytest.mark.parametrize("channels", [1, CHANNELS])
+def test_gaussian_fourier_features_with_and_without_autograd_agree(channels):
+    """Features that need a gradient take the differentiable path; the values are the same."""
+    x = _features("conv2d", 2, channels=channels)
+    layer = GaussianFourierFeatureTransform(network_spec_from_wsfeat(x), channels, mapping_size=3, scale=2).double()
+    plain = layer(x)
+    leaves = [t.clone().requires_grad_() for t in (*x.weights, *x.biases)]
+    tracked = layer(WeightSpaceFeatures(leaves[: len(x)], leaves[len(x) :]))
+    for a, b in zip((*plain.weights, *plain.biases), (*tracked.weights, *tracked.biases)):
+        assert b.requires_grad
+        torch.testing.assert_close(a, b.detach())
+    sum(t.sum() for t in (*tracked.weights, *tracked.biases)).backward()
+    for leaf in leaves:  # d/dx of sum_k sin(w_k x) + cos(w_k x), with w = 2 pi P
+        freqs = 2 * math.pi * layer.projection
+        z = torch.einsum("bc...,cm->bm...", leaf.detach(), freqs)
+        expected = torch.einsum("bm...,cm->bc...", z.cos() - z.sin(), freqs)
+        torch.testing.assert_close(leaf.grad, expected)
 
 
 def test_gaussian_fourier_projection_is_a_saved_buffer():
@@ -74,6 +95,18 @@ def test_io_sinusoidal_encoding_is_hnp_not_np_equivariant(kind, num_layers, enc_
     transforms = non_group_transforms(x, "hnp")
     assert_sensitive(layer, x, transforms["input"])
     assert_sensitive(layer, x, transforms["output"])
+
+
+def test_io_sinusoidal_encoding_keeps_channels_innermost_memory():
+    """Features with channels innermost (NF-layer outputs) stay so: no transposing copy."""
+    x = _features("conv2d", 3)
+    layer = IOSinusoidalEncoding(network_spec_from_wsfeat(x), num_bands=2)
+    expected = layer(x)
+    arrays = [channels_last(t) for t in (*x.weights, *x.biases)]
+    y = layer(WeightSpaceFeatures(arrays[: len(x)], arrays[len(x) :]))
+    for a, b in zip((*expected.weights, *expected.biases), (*y.weights, *y.biases)):
+        assert b.movedim(1, -1).is_contiguous()
+        assert torch.equal(a, b)
 
 
 def _expected_code(num_layers, i, row, col, is_bias, layer_codes, inp_codes, out_codes):
