@@ -50,14 +50,15 @@ class GaussianFourierFeatureTransform(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         """``(B, C_in, ...)`` -> ``(B, 2 * mapping_size, ...)``, contiguous.
 
-        Without autograd, the phases are written into the output's sine half and turned into
+        Eagerly without autograd, the phases are written into the output's sine half and turned into
         sines and cosines there: one array of the output's size is allocated, not three
         (phases, scaled phases, output). On large inputs (e.g. the ``(32, 256, 32, 32)``
         features of a SIREN batch's hidden weights) each fresh array costs as much in page
         faults as in arithmetic.
         """
         angular = (2 * math.pi) * self.projection  # (C_in, mapping_size): scaling it costs nothing
-        if torch.is_grad_enabled() and x.requires_grad:
+        if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+            # Differentiable, and what inductor fuses into one loop.
             z = torch.einsum("bc...,cm->bm...", x, angular)
             return torch.cat([z.sin(), z.cos()], dim=1)
         m = self.mapping_size

@@ -62,6 +62,14 @@ def test_gaussian_fourier_features_with_and_without_autograd_agree(channels):
         torch.testing.assert_close(leaf.grad, expected)
 
 
+def test_gaussian_fourier_features_compile():
+    x = _features("mlp", 2, channels=1)
+    layer = GaussianFourierFeatureTransform(network_spec_from_wsfeat(x), 1, mapping_size=3, scale=2).double()
+    expected, compiled = layer(x), torch.compile(layer)(x)
+    for a, b in zip((*expected.weights, *expected.biases), (*compiled.weights, *compiled.biases)):
+        torch.testing.assert_close(a, b)
+
+
 def test_gaussian_fourier_projection_is_a_saved_buffer():
     spec = network_spec_from_wsfeat(_features("mlp", 2))
     layer = GaussianFourierFeatureTransform(spec, CHANNELS, mapping_size=3)
