@@ -183,12 +183,7 @@ class IOSinusoidalEncoding(nn.Module):
         weight_codes, bias_codes = _position_codes(self.network_spec, layer, layer, inputs, outputs)
 
         def append(x: Tensor, code: Tensor) -> Tensor:
-            code = code.expand(x.shape[0], -1, *x.shape[2:])
-            if not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
-                # Channels innermost (e.g. Fourier features, NF-layer outputs): keep that memory
-                # layout, a row-wise copy, not a transposing one into channels-first memory.
-                return torch.cat([x.movedim(1, -1), code.movedim(1, -1)], dim=-1).movedim(-1, 1)
-            return torch.cat([x, code], dim=1)
+            return torch.cat([x, code.expand(x.shape[0], -1, *x.shape[2:])], dim=1)
 
         return WeightSpaceFeatures(
             tuple(append(w, c) for w, c in zip(wsfeat.weights, weight_codes)),

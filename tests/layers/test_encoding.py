@@ -13,7 +13,6 @@ from nfn_lab.layers.encoding import (
 )
 from nfn_lab.testing import (
     SPACES,
-    channels_last,
     assert_equivariant,
     assert_sensitive,
     example_features,
@@ -103,18 +102,6 @@ def test_io_sinusoidal_encoding_is_hnp_not_np_equivariant(kind, num_layers, enc_
     transforms = non_group_transforms(x, "hnp")
     assert_sensitive(layer, x, transforms["input"])
     assert_sensitive(layer, x, transforms["output"])
-
-
-def test_io_sinusoidal_encoding_keeps_channels_innermost_memory():
-    """Features with channels innermost (NF-layer outputs) stay so: no transposing copy."""
-    x = _features("conv2d", 3)
-    layer = IOSinusoidalEncoding(network_spec_from_wsfeat(x), num_bands=2)
-    expected = layer(x)
-    arrays = [channels_last(t) for t in (*x.weights, *x.biases)]
-    y = layer(WeightSpaceFeatures(arrays[: len(x)], arrays[len(x) :]))
-    for a, b in zip((*expected.weights, *expected.biases), (*y.weights, *y.biases)):
-        assert b.movedim(1, -1).is_contiguous()
-        assert torch.equal(a, b)
 
 
 def _expected_code(num_layers, i, row, col, is_bias, layer_codes, inp_codes, out_codes):
