@@ -50,16 +50,15 @@ class GaussianFourierFeatureTransform(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         """``(B, C_in, ...)`` -> ``(B, 2 * mapping_size, ...)``, contiguous.
 
-        Eagerly without autograd, the phases are written into the output's sine half and turned into
-        sines and cosines there: one array of the output's size is allocated, not three
-        (phases, scaled phases, output). On large inputs (e.g. the ``(32, 256, 32, 32)``
-        features of a SIREN batch's hidden weights) each fresh array costs as much in page
-        faults as in arithmetic.
+        Eagerly and without autograd, the phases are written into the output's sine half and
+        turned into cosines (the other half) and sines there: one array of the output's size
+        is allocated, not three (phases, scaled phases, output). On large inputs (e.g. the
+        ``(32, 256, 32, 32)`` features of a SIREN batch's hidden weights) each fresh array
+        costs as much in page faults as in arithmetic.
         """
         angular = (2 * math.pi) * self.projection  # (C_in, mapping_size): scaling it costs nothing
         if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
-            # Differentiable, and what inductor fuses into one loop.
-            z = torch.einsum("bc...,cm->bm...", x, angular)
+            z = _phases(x, angular)  # differentiable, and what inductor fuses into one loop
             return torch.cat([z.sin(), z.cos()], dim=1)
         m = self.mapping_size
         out = x.new_empty((x.shape[0], 2 * m, *x.shape[2:]))
@@ -67,7 +66,7 @@ class GaussianFourierFeatureTransform(nn.Module):
         if self.in_channels == 1:  # an outer product: one broadcast multiply
             torch.mul(x, angular.view(1, m, *(1,) * (x.dim() - 2)), out=phases)
         else:
-            phases.copy_(torch.einsum("bc...,cm->bm...", x, angular))
+            phases.copy_(_phases(x, angular))
         cos_and_sin_(phases, out[:, m:])
         return out
 
@@ -77,6 +76,11 @@ class GaussianFourierFeatureTransform(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, mapping_size={self.mapping_size}, scale={self.scale}"
+
+
+def _phases(x: Tensor, angular: Tensor) -> Tensor:
+    """``sum_c x[b, c, ...] * angular[c, m]``: ``(B, C_in, ...)`` and ``(C_in, M)`` -> ``(B, M, ...)``."""
+    return torch.einsum("bc...,cm->bm...", x, angular)
 
 
 def fourier_encode(x: Tensor, max_freq: float, num_bands: int = 4) -> Tensor:
