@@ -99,3 +99,16 @@ def test_linear_layers_run_under_cuda_bf16_autocast(cls: type, memory: str) -> N
     if memory == "channels_last":
         x = x.map(channels_last)
     assert_runs_under_autocast(cls(network_spec_from_wsfeat(x), 2, 3).to(DEVICE), x.to(DEVICE))
+
+
+@pytest.mark.parametrize("channels", [1, C])
+def test_fourier_features_without_autograd_match_cpu(channels: int) -> None:
+    """The no-autograd path writes phases, cosines and sines into one output (``torch.cos(out=)`` on CUDA)."""
+    x = example_features("conv2d", 2, batch_size=3, channels=channels, dtype=torch.float64)
+    layer = L.GaussianFourierFeatureTransform(network_spec_from_wsfeat(x), channels, mapping_size=3).double()
+    with torch.no_grad():
+        want = _leaves(layer(x))
+        got = _leaves(layer.to(DEVICE)(x.to(DEVICE)))
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b.cpu(), a)
+    assert len(want) == len(got) == 2 * len(x)
