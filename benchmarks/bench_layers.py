@@ -50,36 +50,6 @@ def _record_failure(errors: dict[str, str], case: Case, what: str, side: str, er
     traceback.print_exc(limit=3, file=sys.stderr)
 
 
-def _measure(
-    case: Case,
-    models: dict[str, torch.nn.Module],
-    inputs: dict[str, object],
-    cotangents: list[torch.Tensor],
-    device: torch.device,
-    compiled: bool,
-    rounds: int,
-    round_seconds: float,
-) -> _report.ModeResult:
-    """Warms up and times every side in one mode (eager or ``torch.compile``'d)."""
-    sync = synchronizer(device)
-    if compiled:
-        torch._dynamo.reset()  # each case compiles from scratch, with no cache limit carried over
-    steps, errors, warm = {}, {}, {}
-    for side, model in models.items():
-        step = make_step(torch.compile(model) if compiled else model, inputs[side], cotangents)
-        try:
-            warm[side] = warm_up(step, sync, WARM_UP_CALLS[compiled])
-        except Exception as err:
-            _record_failure(errors, case, "compiled" if compiled else "eager", side, err)
-            continue
-        steps[side] = step
-    timings = {}
-    if steps:
-        rounds, iters = plan({side: warm[side].last_s for side in steps}, rounds, round_seconds)
-        timings = interleaved(steps, rounds, iters, sync)
-    return _report.ModeResult(timings, errors, {side: w.first_s for side, w in warm.items()})
-
-
 @dataclasses.dataclass(frozen=True)
 class BuiltCase:
     """A case's model built by each library, on the same input tensors.
@@ -96,9 +66,13 @@ class BuiltCase:
     cotangents: list[torch.Tensor]
     errors: dict[str, str]
 
-    def steps(self) -> dict[str, Step]:
-        """Per side, one eager training step (:func:`~benchmarks._timing.make_step`)."""
-        return {side: make_step(m, self.inputs[side], self.cotangents) for side, m in self.models.items()}
+    def steps(self, compiled: bool = False) -> dict[str, Step]:
+        """Per side, one training step (:func:`~benchmarks._timing.make_step`) of the model, or of
+        ``torch.compile(model)`` if ``compiled``."""
+        return {
+            side: make_step(torch.compile(m) if compiled else m, self.inputs[side], self.cotangents)
+            for side, m in self.models.items()
+        }
 
 
 def build_case(case: Case, libraries: Sequence[Library], device: torch.device) -> BuiltCase:
@@ -128,6 +102,28 @@ def build_case(case: Case, libraries: Sequence[Library], device: torch.device) -
     return BuiltCase(models, inputs, cotangents, errors)
 
 
+def _measure(
+    case: Case, built: BuiltCase, device: torch.device, compiled: bool, rounds: int, round_seconds: float
+) -> _report.ModeResult:
+    """Warms up and times every side in one mode (eager or ``torch.compile``'d)."""
+    sync = synchronizer(device)
+    if compiled:
+        torch._dynamo.reset()  # each case compiles from scratch, with no cache limit carried over
+    steps, errors, warm = {}, {}, {}
+    for side, step in built.steps(compiled).items():
+        try:
+            warm[side] = warm_up(step, sync, WARM_UP_CALLS[compiled])
+        except Exception as err:
+            _record_failure(errors, case, "compiled" if compiled else "eager", side, err)
+            continue
+        steps[side] = step
+    timings = {}
+    if steps:
+        rounds, iters = plan({side: warm[side].last_s for side in steps}, rounds, round_seconds)
+        timings = interleaved(steps, rounds, iters, sync)
+    return _report.ModeResult(timings, errors, {side: w.first_s for side, w in warm.items()})
+
+
 def run_case(
     case: Case, libraries: Sequence[Library], device: torch.device, compile_too: bool, rounds: int, round_seconds: float
 ) -> _report.CaseResult:
@@ -136,7 +132,7 @@ def run_case(
     num_params = {side: sum(p.numel() for p in m.parameters()) for side, m in built.models.items()}
 
     def measure(compiled: bool) -> _report.ModeResult:
-        result = _measure(case, built.models, built.inputs, built.cotangents, device, compiled, rounds, round_seconds)
+        result = _measure(case, built, device, compiled, rounds, round_seconds)
         return dataclasses.replace(result, errors={**built.errors, **result.errors})
 
     return _report.CaseResult(
@@ -165,6 +161,22 @@ def select_cases(patterns: Sequence[str] | None, quick: bool) -> list[Case]:
     return cases
 
 
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every tool over these cases takes: which cases, which sides, threads, where to write."""
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="PATTERN",
+        help="only cases whose name matches a glob, e.g. 'NPLinear*' '*siren*' (see --list)",
+    )
+    parser.add_argument("--ours-only", action="store_true", help="time nfn-lab alone (no reference needed)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument(
+        "--reference-dir", type=Path, default=_libraries.REFERENCE_DIR, help="where setup_reference.sh installed nfn"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -176,28 +188,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also time torch.compile'd models (default: on, off with --quick)",
     )
-    parser.add_argument("--ours-only", action="store_true", help="time nfn-lab alone (no reference needed)")
+    add_case_arguments(parser)
     parser.add_argument(
         "--against",
         metavar="REV",
         help="compare with nfn-lab at git revision REV instead of the reference (e.g. HEAD~1): a change's A/B",
     )
-    parser.add_argument(
-        "--cases",
-        nargs="+",
-        metavar="PATTERN",
-        help="only cases whose name matches a glob, e.g. 'NPLinear*' '*siren*' (see --list)",
-    )
     parser.add_argument("--rounds", type=int, help="alternating timing rounds per side (default 5, quick 3)")
     parser.add_argument(
         "--round-seconds", type=float, help="target length of one side's round (default 0.25, quick 0.02)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--reference-dir", type=Path, default=_libraries.REFERENCE_DIR, help="where setup_reference.sh installed nfn"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = parser.parse_args(argv)
     if args.against and args.ours_only:

@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks import _libraries, _report
 from benchmarks._cases import Case
 from benchmarks._timing import interleaved, plan, synchronizer, torch_threads, warm_up
-from benchmarks.bench_layers import RESULTS_DIR, build_case, select_cases
+from benchmarks.bench_layers import add_case_arguments, build_case, select_cases
 
 __all__ = ["ProductTimer", "ProductShare", "measure", "to_markdown", "main"]
 
@@ -190,15 +190,9 @@ def to_markdown(shares: Sequence[ProductShare]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[ProductShare]:
     """Measures the selected cases, prints the table and writes it to ``<out>/<date>-<time>_products.md``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", metavar="GLOB", help="case names or globs (default: every case)")
-    parser.add_argument("--ours-only", action="store_true", help="nfn-lab alone (no reference, no budget)")
+    add_case_arguments(parser)  # --cases, --ours-only (no budget then), --threads, --reference-dir, --out
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per side (default 5)")
     parser.add_argument("--round-seconds", type=float, default=0.25, help="length of one round per side")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    parser.add_argument(
-        "--reference-dir", type=Path, default=_libraries.REFERENCE_DIR, help="where setup_reference.sh installed nfn"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     cases = select_cases(args.cases, quick=False)
     if not cases:

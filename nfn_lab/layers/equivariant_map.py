@@ -204,6 +204,15 @@ def _pointwise_weight_grad(x: Tensor, g: Tensor, first: bool) -> Tensor:
     return gemm.matmul_tn(_rows(x), _rows(g))
 
 
+def _split(plan: MapPlan, n_arrays: int, items: Sequence[Any]) -> tuple[Sequence[Any], ...]:
+    """``items`` laid out as the function's tensors, ``(*xs, *term_weights, *pair_weights, *rest)``,
+    split into those four groups (``rest``: the bias, or the saved term inputs)."""
+    terms_start = n_arrays
+    pairs_start = terms_start + len(plan.terms)
+    rest_start = pairs_start + len(plan.pairs)
+    return items[:terms_start], items[terms_start:pairs_start], items[pairs_start:rest_start], items[rest_start:]
+
+
 class EquivariantMapFunction(torch.autograd.Function):
     """``apply(plan, forms, *xs, *term_weights, *pair_weights, bias) -> ys``.
 
@@ -224,11 +233,7 @@ class EquivariantMapFunction(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx: Any, plan: MapPlan, forms: tuple[bool, ...], tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        n_arrays = len(forms)
-        xs = tensors[:n_arrays]
-        term_ws = tensors[n_arrays : n_arrays + len(plan.terms)]
-        pair_ws = tensors[n_arrays + len(plan.terms) : -1]
-        bias = tensors[-1]
+        xs, term_ws, pair_ws, (bias,) = _split(plan, len(forms), tensors)
         reduced = _reductions(plan, forms, xs)
 
         parts: list[list[Tensor]] = [[] for _ in xs]  # per output array: global, then per kept axis
@@ -270,15 +275,8 @@ class EquivariantMapFunction(torch.autograd.Function):
     def _backward(ctx: Any, saved: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
         plan: MapPlan = ctx.plan
         forms: tuple[bool, ...] = ctx.forms
-        n_arrays, n_terms, n_pairs = len(forms), len(plan.terms), len(plan.pairs)
-        xs = saved[:n_arrays]
-        term_ws = saved[n_arrays : n_arrays + n_terms]
-        pair_ws = saved[n_arrays + n_terms : n_arrays + n_terms + n_pairs]
-        term_inputs = saved[n_arrays + n_terms + n_pairs :]
-        needs = ctx.needs_input_grad[2:]  # skip plan, forms
-        needs_x = needs[:n_arrays]
-        needs_term_w = needs[n_arrays : n_arrays + n_terms]
-        needs_pair_w = needs[n_arrays + n_terms : n_arrays + n_terms + n_pairs]
+        xs, term_ws, pair_ws, term_inputs = _split(plan, len(forms), saved)
+        needs_x, needs_term_w, needs_pair_w, _ = _split(plan, len(forms), ctx.needs_input_grad[2:])  # skip plan, forms
 
         # Gradients of each output's broadcast terms (features last): sums over the broadcast axes.
         g_out: dict[tuple[int, str | int], Tensor] = {}
