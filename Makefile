@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml | $(VENV_PY)
 	touch $(STAMP)
 
 run: setup
-	$(VENV_PY) -m nfn_lab.main_job
+	$(VENV_PY) -m nfn_lab.apps.main_job
 
 demo: setup
-	$(VENV_PY) -m nfn_lab.demo
+	$(VENV_PY) -m nfn_lab.apps.demo
 
 test: setup
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(VENV_PY) -m pytest $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nfn_lab.train_cli import run
+from nfn_lab.cli.train import run
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PRESETS = sorted((EXPERIMENTS / "trainer").glob("*.yaml"))

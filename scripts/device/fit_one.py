@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python scripts/device/fit_one.py RESULT.json -- fit --config experiments/digits/classify_np.yaml ...
 
-Everything after ``--`` is passed to :func:`nfn_lab.train_cli.run` unchanged (the same
+Everything after ``--`` is passed to :func:`nfn_lab.cli.train.run` unchanged (the same
 arguments as ``nfn-lab``). The JSON holds the test metrics of the best validation
 checkpoint (what ``--test_after_fit`` computes), the steps and epochs actually trained,
 the best validation score, the wall time and the run folder. A failed run still writes
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(torch_threads)
-        from nfn_lab.train_cli import run
+        from nfn_lab.cli.train import run
 
         cli = run(args)
         trainer = cli.trainer

@@ -194,7 +194,7 @@ def check_imports(python: str, env: dict[str, str]) -> None:
     """Imports what the runs need in a subprocess; raises SystemExit with its error otherwise."""
     code = (
         "import datasets, jsonargparse, huggingface_hub, einops, lightning, torchmetrics, torch;"
-        "import datamodules.arrow_zoo, nfn_lab.train_cli, nfn_lab.builders.inr_zoo, nfn_lab.builders.cnn_zoo;"
+        "import datamodules.arrow_zoo, nfn_lab.cli.train, nfn_lab.builders.inr_zoo, nfn_lab.builders.cnn_zoo;"
         "from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE as sig;"
         "assert sig, 'LightningCLI: ' + str(sig);"
         "print('imports ok; torch', torch.__version__, 'cuda', torch.version.cuda, 'datasets', datasets.__version__)"

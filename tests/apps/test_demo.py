@@ -1,4 +1,4 @@
-"""The demo (``python -m nfn_lab.demo``), run at a reduced size."""
+"""The demo (``python -m nfn_lab.apps.demo``), run at a reduced size."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from nfn_lab import demo
+from nfn_lab.apps import demo
 from nfn_lab.digits import NUM_TRAIN_IMAGES, Digits, load_digits_split
 from nfn_lab.conversion import module_to_wsfeat
 from nfn_lab.weightspace import collate_wsfeat

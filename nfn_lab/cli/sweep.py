@@ -13,7 +13,7 @@ optional ``fixed_args`` (more CLI keys, the same in every trial)::
       model.init_args.backbone.init_args.hidden_channels: {values: [[16, 16, 5], [32, 32, 5]]}
     run_cap: 20                                   # at most this many trials
 
-Every trial is a normal ``nfn-lab fit`` run (see :mod:`nfn_lab.sweep_runner`) named by a
+Every trial is a normal ``nfn-lab fit`` run (see :mod:`nfn_lab.cli.sweep_runner`) named by a
 hash of its arguments and written under ``<sweep dir>/runs/<trial id>/version_N``.
 
 Backends:
@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from nfn_lab.sweep_runner import (
+from nfn_lab.cli.sweep_runner import (
     LEDGER,
     Ledger,
     SubprocessTrial,

@@ -1,4 +1,4 @@
-"""The main job (``make run`` / ``python -m nfn_lab.main_job``): predict CNN generalization from weights.
+"""The main job (``make run`` / ``python -m nfn_lab.apps.main_job``): predict CNN generalization from weights.
 
 1. Builds the digits CNN zoo (``nfn-lab zoo build cnn``) unless it is already there: small
    CNNs of the Small CNN Zoo's exact shapes trained on scikit-learn's bundled digits.
@@ -7,7 +7,10 @@
 3. Tests the best checkpoint of each and prints Kendall's tau, R^2 and L1, with the path
    of each predicted-vs-actual scatter plot.
 
-Everything runs offline on the CPU; W&B logs offline beside the CSV logs.
+Everything runs offline on the CPU; W&B logs offline beside the CSV logs. Every folder is an
+argument (``--zoo``, ``--runs``, ``--experiments``) whose default is relative to the current
+directory, so the job runs from the repository root as it is, and from anywhere else with
+``--experiments`` pointing at a copy of the repository's ``experiments/`` folder.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from pathlib import Path
 
 __all__ = ["ModelResult", "run_main_job", "format_table", "main"]
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = {"NFN (HNP)": "experiments/digits/predict_gen_hnp.yaml", "StatNN": "experiments/digits/predict_gen_stat.yaml"}
+CONFIGS = {"NFN (HNP)": "digits/predict_gen_hnp.yaml", "StatNN": "digits/predict_gen_stat.yaml"}  # under experiments/
 
 
 @dataclass
@@ -40,7 +42,7 @@ def ensure_zoo(root: Path, num_networks: int, seed: int) -> None:
     if (root / "zoo.json").exists():
         print(f"Using the digits CNN zoo at {root}.")
         return
-    from nfn_lab.builders.cli import main as build
+    from nfn_lab.cli.build import main as build
 
     print(f"Building the digits CNN zoo ({num_networks} networks) at {root} ...")
     status = build(["cnn", str(root), "--num-networks", str(num_networks), "--seed", str(seed)])
@@ -48,15 +50,27 @@ def ensure_zoo(root: Path, num_networks: int, seed: int) -> None:
         raise SystemExit(f"building the zoo failed (exit status {status}); see the message above.")
 
 
-def train_and_test(name: str, config: str, zoo: Path, epochs: int, runs: Path, wandb: str) -> ModelResult:
+def config_paths(experiments: Path) -> dict[str, Path]:
+    """Model name -> its experiment config under ``experiments``; one-line error if one is missing."""
+    paths = {name: experiments / config for name, config in CONFIGS.items()}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise SystemExit(
+            f"main job: {', '.join(missing)} not found; run from the repository root or pass "
+            "--experiments DIR (the repository's experiments/ folder)."
+        )
+    return paths
+
+
+def train_and_test(name: str, config: Path, zoo: Path, epochs: int, runs: Path, wandb: str) -> ModelResult:
     """One fit with the experiment config, then a test of its best checkpoint."""
-    from nfn_lab.train_cli import run
+    from nfn_lab.cli.train import run
 
     start = time.perf_counter()
     cli = run(
         [
             "fit",
-            "--config", str(REPO / config),
+            "--config", str(config),
             "--data.init_args.root", str(zoo),
             "--trainer.max_epochs", str(epochs),
             "--trainer.default_root_dir", str(runs),
@@ -90,16 +104,34 @@ def format_table(results: Sequence[ModelResult]) -> str:
 
 
 def run_main_job(
-    zoo: Path, runs: Path, epochs: int, num_networks: int, seed: int = 0, wandb: str = "offline"
+    zoo: Path,
+    runs: Path,
+    epochs: int,
+    num_networks: int,
+    seed: int = 0,
+    wandb: str = "offline",
+    experiments: Path = Path("experiments"),
 ) -> list[ModelResult]:
+    """Builds the zoo if needed, then trains and tests each model of :data:`CONFIGS`."""
+    configs = config_paths(experiments)  # before the zoo build: a wrong folder fails at once
     ensure_zoo(zoo, num_networks, seed)
-    return [train_and_test(name, config, zoo, epochs, runs, wandb) for name, config in CONFIGS.items()]
+    return [train_and_test(name, config, zoo, epochs, runs, wandb) for name, config in configs.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nfn_lab.main_job", description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", type=Path, default=REPO / "data" / "digits_cnn_zoo", help="the zoo's folder")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "main_job", help="where runs are logged")
+    parser = argparse.ArgumentParser(prog="python -m nfn_lab.apps.main_job", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--zoo", type=Path, default=Path("data/digits_cnn_zoo"), help="the zoo's folder (default: data/digits_cnn_zoo)"
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/main_job"), help="where runs are logged (default: runs/main_job)"
+    )
+    parser.add_argument(
+        "--experiments",
+        type=Path,
+        default=Path("experiments"),
+        help="the repository's experiment configs (default: experiments)",
+    )
     parser.add_argument("--epochs", type=int, default=6, help="training epochs per model (default: 6)")
     parser.add_argument("--num-networks", type=int, default=1024, help="networks in a newly built zoo")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # small models: one thread is fastest here
-    results = run_main_job(args.zoo, args.runs, args.epochs, args.num_networks, args.seed, args.wandb)
+    results = run_main_job(
+        args.zoo, args.runs, args.epochs, args.num_networks, args.seed, args.wandb, args.experiments
+    )
     print()
     print(format_table(results))
     return 0

@@ -1,4 +1,4 @@
-"""``nfn-lab zoo build cnn|inr OUT ...``: the zoo builders' command line (called by :mod:`nfn_lab.zoo_cli`).
+"""``nfn-lab zoo build cnn|inr OUT ...``: the zoo builders' command line (called by :mod:`nfn_lab.cli.zoo`).
 
 Examples::
 
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace, command: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nfn-lab zoo build`` with ``argv`` (the arguments after ``build``); returns the exit status.
 
-    Errors (an existing output, bad images, ...) propagate to :func:`nfn_lab.zoo_cli.main`,
+    Errors (an existing output, bad images, ...) propagate to :func:`nfn_lab.cli.zoo.main`,
     which prints them.
     """
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfn_lab import sweep
-from nfn_lab.sweep import choose_backend, grid_points, load_sweep, random_points
-from nfn_lab.sweep_runner import (
+from nfn_lab.cli import sweep
+from nfn_lab.cli.sweep import choose_backend, grid_points, load_sweep, random_points
+from nfn_lab.cli.sweep_runner import (
     Ledger,
     SubprocessTrial,
     best_metric,
@@ -27,7 +27,7 @@ from nfn_lab.sweep_runner import (
 from tests.data.small_cnn_zoo.generate import generate
 
 LR, HIDDEN = "model.init_args.lr", "model.init_args.backbone.init_args.hidden"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT_SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 
 
@@ -485,7 +485,7 @@ def test_experiments_ship_sweeps():
 @pytest.mark.parametrize("path", EXPERIMENT_SWEEPS, ids=lambda p: p.name)
 def test_experiment_sweep_keys_reach_the_cli(path, monkeypatch, capsys):
     """The file is valid and the real CLI parser puts a trial's values at the swept keys (no data needed)."""
-    from nfn_lab.train_cli import run
+    from nfn_lab.cli.train import run
 
     monkeypatch.chdir(REPO)  # base_config paths are relative to the repository root
     spec = load_sweep(path.relative_to(REPO))

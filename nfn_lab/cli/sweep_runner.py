@@ -1,7 +1,7 @@
 """Running a sweep: one CLI run per trial, a resumable ledger, the local and W&B loops, the results table.
 
 A trial is a normal ``nfn-lab fit`` run, started in a subprocess. Why a subprocess and
-not :func:`nfn_lab.train_cli.run` in-process: every trial starts from a clean
+not :func:`nfn_lab.cli.train.run` in-process: every trial starts from a clean
 interpreter (global seeds, torch thread and CUDA state, W&B's per-process run, modules
 cached by an earlier trial), LightningCLI's ``SystemExit`` on a bad argument or a
 segfault/OOM kill stays inside its trial instead of ending the sweep, and the command a
@@ -31,12 +31,11 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from nfn_lab.sweep import SweepSpec
+SweepSpec = Any  # nfn_lab.cli.sweep.SweepSpec (not imported: sweep imports this module)
 
 __all__ = [
     "LEDGER",

@@ -2,7 +2,7 @@
 
 import math
 
-from nfn_lab.main_job import format_table, main, run_main_job
+from nfn_lab.apps.main_job import format_table, main, run_main_job
 
 
 def test_main_job_end_to_end(tmp_path, capsys):
@@ -26,3 +26,11 @@ def test_main_job_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--epochs", "0"])
     assert "--epochs must be" in capsys.readouterr().err
+
+
+def test_main_job_names_a_missing_experiments_folder(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit, match="not found; run from the repository root or pass --experiments"):
+        main(["--zoo", str(tmp_path / "zoo"), "--experiments", str(tmp_path / "nowhere")])
+    assert not (tmp_path / "zoo").exists()  # fails before building anything

@@ -1,6 +1,6 @@
 """A two-minute demonstration of weight-space learning on data bundled with scikit-learn.
 
-``python -m nfn_lab.demo`` (or ``make demo``):
+``python -m nfn_lab.apps.demo`` (or ``make demo``):
 
 1. trains a small zoo of MLP classifiers ``64 -> 32 -> 32 -> 10`` on scikit-learn's 8x8
    digits, with learning rates, step counts and seeds varied so their test accuracies
@@ -305,7 +305,7 @@ def format_report(result: DemoResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m nfn_lab.demo`` and the ``nfn-lab-demo`` script."""
+    """Entry point of ``python -m nfn_lab.apps.demo`` and the ``nfn-lab-demo`` script."""
     parser = argparse.ArgumentParser(prog="nfn-lab-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-networks", type=int, default=32, help="size of the zoo (default: 32)")
     parser.add_argument("--epochs", type=int, default=150, help="epochs fitting the predictors (default: 150)")

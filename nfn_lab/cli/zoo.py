@@ -4,7 +4,7 @@ Subcommands::
 
     nfn-lab zoo info PATH [--format NAME] [--json]
     nfn-lab zoo convert SRC DST [--format NAME] [--arg KEY=VALUE ...] [--parquet] [--overwrite]
-    nfn-lab zoo build BUILDER ...      (forwarded to nfn_lab.builders.cli.main)
+    nfn-lab zoo build BUILDER ...      (nfn_lab.cli.build)
 
 Formats are discovered, not registered: every concrete
 :class:`~nfn_lab.data.zoo.ZooDataModule` subclass in a module of the ``datamodules``
@@ -30,9 +30,6 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser", "zoo_formats", "resolve_format", "convert", "disk_size"]
-
-BUILDERS_CLI = "nfn_lab.builders.cli"
-
 
 class ZooCLIError(Exception):
     """A user error: printed as ``nfn-lab zoo: error: ...`` with exit status 1."""
@@ -259,18 +256,12 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- build (extension point) --------------------------------------------------------------------------
+# --- build ---------------------------------------------------------------------------------------------
 def _build(args: argparse.Namespace) -> int:
-    """Forwards ``nfn-lab zoo build ...`` to ``nfn_lab.builders.cli.main(argv) -> int``."""
-    try:
-        builders = importlib.import_module(BUILDERS_CLI)
-    except ModuleNotFoundError as err:
-        if err.name is not None and BUILDERS_CLI.startswith(err.name):
-            raise ZooCLIError(
-                f"zoo builders are not available in this installation ({BUILDERS_CLI} not found)."
-            ) from None
-        raise
-    return int(builders.main(list(args.rest)) or 0)
+    """Forwards ``nfn-lab zoo build ...`` to :func:`nfn_lab.cli.build.main`."""
+    from nfn_lab.cli import build
+
+    return build.main(list(args.rest))
 
 
 # --- entry point --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfn_lab.builders import cli
+from nfn_lab.cli import build as cli
 from nfn_lab.cli import main
 from nfn_lab.data.arrow_format import read_zoo_info
 
