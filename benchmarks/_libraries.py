@@ -119,9 +119,11 @@ def revision(rev: str, repo: Path = REPO_ROOT) -> Library:
     """
     git = ["git", "-C", str(repo)]
     try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, check=True
-        ).stdout.decode().strip()
+        commit = (
+            subprocess.run([*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, check=True)
+            .stdout.decode()
+            .strip()
+        )
         archive = subprocess.run([*git, "archive", commit, "nfn_lab"], capture_output=True, check=True).stdout
     except subprocess.CalledProcessError as err:
         raise _unexported(rev, repo, err.stderr.decode(errors="replace").strip()) from err

@@ -221,7 +221,7 @@ def measure(case: Case, rounds: int, device: torch.device) -> Measurement:
         return step
 
     steps = {side: with_cpu_time(side, run) for side, run in case.run.items()}
-    wall = interleaved(steps, rounds, {side: 1 for side in steps}, sync)
+    wall = interleaved(steps, rounds, dict.fromkeys(steps, 1), sync)
     return Measurement(wall, {side: Timing(tuple(times)) for side, times in cpu.items()})
 
 

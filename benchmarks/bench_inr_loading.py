@@ -94,7 +94,7 @@ def measure(root: Path, num: int, batch_size: int, rounds: int) -> dict[str, dic
         results[side]["setup_s"] = time.perf_counter() - start
         results[side]["samples"] = loader_epoch(loaders[side], side)  # also the warm-up
     steps = {side: (lambda side=side: loader_epoch(loaders[side], side)) for side in SIDES}
-    for side, timing in interleaved(steps, rounds, {side: 1 for side in SIDES}, sync=lambda: None).items():
+    for side, timing in interleaved(steps, rounds, dict.fromkeys(SIDES, 1), sync=lambda: None).items():
         results[side]["samples_per_s"] = results[side]["samples"] / timing.median
         results[side]["best_samples_per_s"] = results[side]["samples"] / timing.min
     return results

@@ -212,7 +212,10 @@ def throughput(root: Path, batch_size: int, rounds: int) -> dict[str, dict[str, 
         for side, build in BUILDERS.items():
             start = time.perf_counter()
             loaders[side] = build(root, batch_size)["train"]
-            results[side] = {"setup_s": time.perf_counter() - start, "samples": loader_epoch(loaders[side], side)}  # + warm-up
+            results[side] = {
+                "setup_s": time.perf_counter() - start,
+                "samples": loader_epoch(loaders[side], side),
+            }  # + warm-up
         times: dict[str, list[tuple[float, float]]] = {side: [] for side in BUILDERS}
         for r in range(rounds):
             for side in list(BUILDERS) if r % 2 == 0 else reversed(BUILDERS):

@@ -37,7 +37,7 @@ from benchmarks._cases import Case
 from benchmarks._timing import interleaved, plan, synchronizer, torch_threads, warm_up
 from benchmarks.bench_layers import add_case_arguments, build_case, select_cases
 
-__all__ = ["ProductTimer", "ProductShare", "measure", "to_markdown", "main"]
+__all__ = ["ProductShare", "ProductTimer", "main", "measure", "to_markdown"]
 
 
 def _mm_macs(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -202,11 +202,15 @@ def main(argv: Sequence[str] | None = None) -> list[ProductShare]:
     with torch_threads(args.threads):
         for case in cases:
             shares.append(measure(case, libraries, args.rounds, args.round_seconds))
-            print(f"{case.name}: ours {shares[-1].ours_ms:.1f} ms, {shares[-1].products_ms:.1f} in products", flush=True)
+            print(
+                f"{case.name}: ours {shares[-1].ours_ms:.1f} ms, {shares[-1].products_ms:.1f} in products", flush=True
+            )
     env = _report.environment(
         torch.device("cpu"), args.threads, {lib.name: lib.version for lib in libraries}, {"rounds": args.rounds}
     )
-    text = "\n".join([*_report.header("Matrix products inside nfn-lab's training step (CPU, eager)", env), to_markdown(shares)])
+    text = "\n".join(
+        [*_report.header("Matrix products inside nfn-lab's training step (CPU, eager)", env), to_markdown(shares)]
+    )
     print("\n" + text)
     path = _report.write_markdown(args.out, "products", text)
     print(f"\nwritten: {path}")

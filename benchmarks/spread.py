@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ratio_ranges", "to_markdown", "main"]
+__all__ = ["main", "ratio_ranges", "to_markdown"]
 
 MODES = ("eager", "compiled")
 

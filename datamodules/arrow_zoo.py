@@ -39,8 +39,8 @@ from nfn_lab.data.arrow_format import (
     INFO_FILE,
     SPLITS,
     ZooInfo,
-    locate_zoo,
     batch_to_tensors,
+    locate_zoo,
     open_zoo,
     read_zoo_info,
     zoo_layout,
@@ -243,7 +243,9 @@ class ArrowZooDataModule(ZooDataModule):
         """The rows matching :attr:`where` (one vectorized pass over the named metadata columns)."""
         unknown = [c for c in self.where if c not in self.info.metadata_columns]
         if unknown:
-            raise ValueError(f"`where` names {unknown}, not metadata columns of this zoo: {list(self.info.metadata_columns)}.")
+            raise ValueError(
+                f"`where` names {unknown}, not metadata columns of this zoo: {list(self.info.metadata_columns)}."
+            )
         if not self.where:
             return table
         columns = table.with_format("numpy", columns=list(self.where))[:]
@@ -256,7 +258,9 @@ class ArrowZooDataModule(ZooDataModule):
         local, hub_id = locate_zoo(self.source)
         where = hub_id if local is None else local.resolve()
         created = self.info.provenance.get("created")
-        return f"{type(self).__qualname__}:{where}:{self.info.splits.get('train')}:{created}:{sorted(self.where.items())}"
+        return (
+            f"{type(self).__qualname__}:{where}:{self.info.splits.get('train')}:{created}:{sorted(self.where.items())}"
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.streaming:

@@ -3,4 +3,4 @@
 from nfn_lab.weightspace import ArraySpec, NetworkSpec, WeightSpaceFeatures, collate, network_spec_from_wsfeat
 
 __version__ = "0.1.0"
-__all__ = ["ArraySpec", "NetworkSpec", "WeightSpaceFeatures", "collate", "network_spec_from_wsfeat", "__version__"]
+__all__ = ["ArraySpec", "NetworkSpec", "WeightSpaceFeatures", "__version__", "collate", "network_spec_from_wsfeat"]

@@ -8,11 +8,11 @@ from nfn_lab.conversion import params_to_func_params, params_to_state_dicts, sta
 from nfn_lab.weightspace import ArraySpec, NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
 __all__ = [
-    "WeightSpaceFeatures",
-    "NetworkSpec",
     "ArraySpec",
-    "state_dict_to_tensors",
-    "params_to_state_dicts",
+    "NetworkSpec",
+    "WeightSpaceFeatures",
     "network_spec_from_wsfeat",
     "params_to_func_params",
+    "params_to_state_dicts",
+    "state_dict_to_tensors",
 ]

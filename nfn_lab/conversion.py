@@ -34,14 +34,14 @@ from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
     "module_layers",
-    "network_spec_from_module",
     "module_to_wsfeat",
-    "state_dicts_to_wsfeat",
-    "wsfeat_to_state_dicts",
-    "wsfeat_to_modules",
-    "state_dict_to_tensors",
-    "params_to_state_dicts",
+    "network_spec_from_module",
     "params_to_func_params",
+    "params_to_state_dicts",
+    "state_dict_to_tensors",
+    "state_dicts_to_wsfeat",
+    "wsfeat_to_modules",
+    "wsfeat_to_state_dicts",
 ]
 
 Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
@@ -148,9 +148,7 @@ def _registered_layers(module: nn.Module) -> list[tuple[str, Layer]]:
     return layers
 
 
-def _forward_order(
-    module: nn.Module, layers: list[tuple[str, Layer]], example_input: Any
-) -> list[tuple[str, Layer]]:
+def _forward_order(module: nn.Module, layers: list[tuple[str, Layer]], example_input: Any) -> list[tuple[str, Layer]]:
     """Reorders ``layers`` as forward calls them on ``example_input``."""
     calls: list[str] = []
     handles = [

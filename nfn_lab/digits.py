@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import Tensor
 
-__all__ = ["Digits", "NUM_TRAIN_IMAGES", "load_digits_split"]
+__all__ = ["NUM_TRAIN_IMAGES", "Digits", "load_digits_split"]
 
 NUM_TRAIN_IMAGES = 1200  # of the 1,797 digits; the other 597 are the test set
 

@@ -41,10 +41,10 @@ from nfn_lab.conversion import params_to_func_params
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = [
-    "SirenVariant",
     "SineLayer",
     "SineLinear",
     "Siren",
+    "SirenVariant",
     "StackedSirenFit",
     "fit",
     "make_coordinates",

@@ -17,7 +17,7 @@ Groups: ``"hnp"`` permutes hidden layers only (the true symmetry of an MLP/CNN);
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,16 +27,16 @@ from nfn_lab.weightspace import WeightSpaceFeatures
 __all__ = [
     "Group",
     "feature_layer_sizes",
+    "permute_features",
     "permuted_layers",
     "sample_permutations",
-    "permute_features",
-    "sample_sign_flips",
     "sample_positive_scales",
+    "sample_sign_flips",
     "scale_neurons",
 ]
 
 Group = Literal["np", "hnp"]
-NeuronMaps = Sequence[Optional[Tensor]]  # one entry per neuron layer 0..L; None = identity
+NeuronMaps = Sequence[Tensor | None]  # one entry per neuron layer 0..L; None = identity
 
 
 def feature_layer_sizes(wsfeat: WeightSpaceFeatures, lead: int = 2) -> tuple[int, ...]:

@@ -26,18 +26,18 @@ from nfn_lab.symmetry import Group, feature_layer_sizes, permute_features, permu
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = [
-    "SpaceKind",
-    "SPACE_KINDS",
     "SPACES",
-    "example_features",
-    "channels_last",
+    "SPACE_KINDS",
+    "SpaceKind",
     "assert_equivariant",
     "assert_invariant",
-    "assert_sensitive",
     "assert_runs_under_autocast",
-    "non_group_transforms",
+    "assert_sensitive",
+    "channels_last",
     "count_orbits",
+    "example_features",
     "jacobian_rank",
+    "non_group_transforms",
 ]
 
 SpaceKind = Literal["mlp", "conv1d", "conv2d", "conv3d"]
@@ -157,7 +157,9 @@ def assert_invariant(
             )
 
 
-def _permute_array_axis(wsfeat: WeightSpaceFeatures, kind: str, layer: int, axis: int, perm: Tensor) -> WeightSpaceFeatures:
+def _permute_array_axis(
+    wsfeat: WeightSpaceFeatures, kind: str, layer: int, axis: int, perm: Tensor
+) -> WeightSpaceFeatures:
     weights, biases = list(wsfeat.weights), list(wsfeat.biases)
     arrays = weights if kind == "weight" else biases
     arrays[layer] = arrays[layer].index_select(2 + axis, perm)
@@ -210,7 +212,11 @@ def assert_sensitive(
 
 
 def assert_runs_under_autocast(
-    layer: nn.Module, wsfeat: WeightSpaceFeatures, dtype: torch.dtype = torch.bfloat16, atol: float = 0.1, rtol: float = 0.05
+    layer: nn.Module,
+    wsfeat: WeightSpaceFeatures,
+    dtype: torch.dtype = torch.bfloat16,
+    atol: float = 0.1,
+    rtol: float = 0.05,
 ) -> None:
     """Asserts a layer runs forward and backward under autocast on the features' device, close to
     its float32 output, with float32 parameter gradients."""

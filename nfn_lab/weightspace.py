@@ -101,9 +101,7 @@ class NetworkSpec:
             if len(b.shape) != 1:
                 raise ValueError(f"layer {i}: bias shape {_shape_str(b.shape)} must have one axis (n_out,).")
             if -1 not in (w.shape[0], b.shape[0]) and w.shape[0] != b.shape[0]:
-                raise ValueError(
-                    f"layer {i}: weight has {w.shape[0]} output neurons but bias has {b.shape[0]}."
-                )
+                raise ValueError(f"layer {i}: weight has {w.shape[0]} output neurons but bias has {b.shape[0]}.")
             if i > 0:
                 prev = self.weight_spec[i - 1].shape[0]
                 if -1 not in (prev, w.shape[1]) and prev != w.shape[1]:
@@ -135,9 +133,7 @@ class NetworkSpec:
         try:
             return cls.from_shapes(data["weight_shapes"], data["bias_shapes"])
         except KeyError as err:
-            raise ValueError(
-                f"a network_spec dict needs 'weight_shapes' and 'bias_shapes'; missing {err}."
-            ) from None
+            raise ValueError(f"a network_spec dict needs 'weight_shapes' and 'bias_shapes'; missing {err}.") from None
 
     # --- queries -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -199,9 +195,7 @@ class NetworkSpec:
         for i, ((w, b), ws, bs) in enumerate(zip(wsfeat, self.weight_spec, self.bias_spec)):
             for kind, x, spec in (("weight", w, ws), ("bias", b, bs)):
                 expected = ("B", "C" if channels is None else channels, *spec.shape)
-                ok = x.dim() == len(expected) and all(
-                    e in ("B", "C", -1) or a == e for a, e in zip(x.shape, expected)
-                )
+                ok = x.dim() == len(expected) and all(e in ("B", "C", -1) or a == e for a, e in zip(x.shape, expected))
                 if not ok:
                     exp = "(" + ", ".join("*" if e == -1 else str(e) for e in expected) + ")"
                     raise ValueError(
@@ -238,14 +232,13 @@ class WeightSpaceFeatures(collections.abc.Sequence):
     node, so ``torch.func`` and ``torch.compile`` see through it.
     """
 
-    __slots__ = ("weights", "biases")
+    __slots__ = ("biases", "weights")
 
     def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> None:
         weights, biases = tuple(weights), tuple(biases)
         if len(weights) != len(biases):
             raise ValueError(
-                f"WeightSpaceFeatures needs one bias per weight; got {len(weights)} weights and "
-                f"{len(biases)} biases."
+                f"WeightSpaceFeatures needs one bias per weight; got {len(weights)} weights and {len(biases)} biases."
             )
         self.weights: tuple[Tensor, ...] = weights
         self.biases: tuple[Tensor, ...] = biases
@@ -429,4 +422,3 @@ def network_spec_from_wsfeat(wsfeat: WeightSpaceFeatures, set_all_dims: bool = F
         weight_specs.append(ArraySpec((n_out if keep_out else -1, n_in if keep_in else -1, *weight.shape[4:])))
         bias_specs.append(ArraySpec((bias.shape[-1] if keep_out else -1,)))
     return NetworkSpec(tuple(weight_specs), tuple(bias_specs))
-

@@ -37,7 +37,9 @@ def run_readme_example(models: list[nn.Module]) -> tuple[nn.Module, torch.Tensor
 
 def readme_models() -> list[nn.Module]:
     """The README's model zoo, verbatim."""
-    models = [nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)) for _ in range(8)]
+    models = [
+        nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)) for _ in range(8)
+    ]
     return models
 
 
@@ -45,8 +47,13 @@ def cnn_models() -> list[nn.Module]:
     """A small 2D CNN zoo (global pooling between the convolutions and the dense layer)."""
     return [
         nn.Sequential(
-            nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 10),
+            nn.Conv2d(2, 6, 3),
+            nn.ReLU(),
+            nn.Conv2d(6, 5, 3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(5, 10),
         )
         for _ in range(4)
     ]

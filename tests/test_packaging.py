@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import stat
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -34,18 +34,18 @@ from nfn_lab.symmetry import feature_layer_sizes, permute_features, sample_permu
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate_wsfeat, network_spec_from_wsfeat
 
 __all__ = [
-    "ZooMember",
     "DemoResult",
-    "make_classifier",
-    "train_classifier",
-    "train_zoo",
-    "build_invariant_nfn",
+    "ZooMember",
     "build_flat_mlp",
+    "build_invariant_nfn",
     "fit_accuracy_predictor",
-    "permute_each_network",
-    "run",
     "format_report",
     "main",
+    "make_classifier",
+    "permute_each_network",
+    "run",
+    "train_classifier",
+    "train_zoo",
 ]
 
 HIDDEN = 32  # width of the zoo's two hidden layers
@@ -100,9 +100,7 @@ class DemoResult:
 
 def make_classifier() -> nn.Sequential:
     """The zoo's architecture: ``64 -> 32 -> 32 -> 10`` with ReLU."""
-    return nn.Sequential(
-        nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10)
-    )
+    return nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10))
 
 
 @torch.no_grad()
@@ -252,7 +250,9 @@ def run(
     flat = build_flat_mlp(network_spec_from_wsfeat(wsfeat, set_all_dims=True))
     fit_features = wsfeat.map(lambda t: t[fit_idx])
     for name, predictor in (("NFN", nfn), ("flat-weights MLP", flat)):
-        fit_accuracy_predictor(predictor, fit_features, targets[fit_idx], epochs, seed=seed, progress=progress, name=name)
+        fit_accuracy_predictor(
+            predictor, fit_features, targets[fit_idx], epochs, seed=seed, progress=progress, name=name
+        )
 
     permuted = permute_each_network(wsfeat, seed)
     permuted_models = wsfeat_to_modules(permuted, template=models[0])

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelResult", "run_main_job", "format_table", "main"]
+__all__ = ["ModelResult", "format_table", "main", "run_main_job"]
 
 CONFIGS = {"NFN (HNP)": "digits/predict_gen_hnp.yaml", "StatNN": "digits/predict_gen_stat.yaml"}  # under experiments/
 
@@ -142,9 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # small models: one thread is fastest here
-    results = run_main_job(
-        args.zoo, args.runs, args.epochs, args.num_networks, args.seed, args.wandb, args.experiments
-    )
+    results = run_main_job(args.zoo, args.runs, args.epochs, args.num_networks, args.seed, args.wandb, args.experiments)
     print()
     print(format_table(results))
     return 0

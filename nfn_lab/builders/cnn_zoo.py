@@ -57,9 +57,9 @@ from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = [
-    "CNNZooConfig",
     "SEARCH_SPACE",
     "TARGETS",
+    "CNNZooConfig",
     "build_cnn_zoo",
     "grouped_forward",
     "init_network",

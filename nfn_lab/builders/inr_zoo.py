@@ -52,7 +52,7 @@ from nfn_lab.data.arrow_format import ZooWriter, check_destination
 from nfn_lab.siren import Siren, StackedSirenFit
 from nfn_lab.weightspace import WeightSpaceFeatures
 
-__all__ = ["INRZooConfig", "ImageSet", "TARGETS", "build_inr_zoo", "load_images", "psnr"]
+__all__ = ["TARGETS", "INRZooConfig", "ImageSet", "build_inr_zoo", "load_images", "psnr"]
 
 TARGETS = ("label", "psnr")
 SPLITS = ("train", "val", "test")

@@ -244,9 +244,7 @@ def _check_entry(name: str, distribution: str, entry: Mapping[str, Any]) -> None
 
 def _parameter(name: Any, entry: Any) -> Parameter:
     if not isinstance(name, str) or not _KEY.fullmatch(name):
-        raise ValueError(
-            f"parameter name {name!r} is not a dotted LightningCLI key such as 'model.init_args.lr'."
-        )
+        raise ValueError(f"parameter name {name!r} is not a dotted LightningCLI key such as 'model.init_args.lr'.")
     if name in RESERVED:
         raise ValueError(f"parameter {name!r} is set by the sweep for every trial; it cannot be swept.")
     if not isinstance(entry, Mapping):

@@ -43,11 +43,11 @@ __all__ = [
     "SubprocessTrial",
     "Trial",
     "TrialFunction",
+    "agent_overrides",
     "best_metric",
     "cli_args",
     "cli_value",
     "latest_version",
-    "agent_overrides",
     "results_table",
     "run_local",
     "run_wandb",
@@ -267,9 +267,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str, parameters: S
     return "\n".join(lines) + "\n"
 
 
-def write_results(
-    sweep_dir: Path, rows: Sequence[Mapping[str, Any]], metric: str, parameters: Sequence[str]
-) -> str:
+def write_results(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], metric: str, parameters: Sequence[str]) -> str:
     """Writes ``results.csv`` (every column, full parameter keys) and ``results.md``; returns the markdown."""
     columns = ["rank", "trial", "status", "value", *parameters, "run_dir"]
     with open(sweep_dir / RESULTS_CSV, "w", newline="") as f:

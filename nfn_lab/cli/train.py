@@ -39,9 +39,7 @@ def default_loggers(save_dir: str, name: str, wandb_mode: str) -> list[Logger]:
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(save_dir=save_dir, project="nfn-lab", name=name, offline=wandb_mode == "offline")
-        )
+        loggers.append(WandbLogger(save_dir=save_dir, project="nfn-lab", name=name, offline=wandb_mode == "offline"))
     return loggers
 
 
@@ -51,7 +49,10 @@ class NFNLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.network_spec", "model.init_args.network_spec", apply_on="instantiate")
         parser.add_argument(
-            "--wandb", choices=WANDB_MODES, default="offline", help="W&B logging: offline (default), online or disabled."
+            "--wandb",
+            choices=WANDB_MODES,
+            default="offline",
+            help="W&B logging: offline (default), online or disabled.",
         )
         parser.add_argument("--run_name", type=str, default=None, help="Run folder name (default: the task's class).")
         parser.add_argument(
@@ -70,7 +71,6 @@ class NFNLabCLI(LightningCLI):
             )
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), checkpoint]
         return super().instantiate_trainer(**kwargs)
-
 
     def after_fit(self) -> None:
         """Tests the best checkpoint, so one command gives a result; stored in ``test_results``."""

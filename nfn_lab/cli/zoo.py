@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "zoo_formats", "resolve_format", "convert", "disk_size"]
+__all__ = ["build_parser", "convert", "disk_size", "main", "resolve_format", "zoo_formats"]
+
 
 class ZooCLIError(Exception):
     """A user error: printed as ``nfn-lab zoo: error: ...`` with exit status 1."""

@@ -86,17 +86,17 @@ __all__ = [
     "FORMAT_VERSION",
     "INFO_FILE",
     "SPLITS",
+    "StagedDirectory",
     "ZooInfo",
     "ZooWriter",
-    "StagedDirectory",
+    "batch_to_tensors",
     "check_destination",
+    "dataset_card",
+    "locate_zoo",
     "open_zoo",
     "read_zoo_info",
-    "zoo_layout",
-    "locate_zoo",
-    "batch_to_tensors",
     "to_parquet",
-    "dataset_card",
+    "zoo_layout",
 ]
 
 FORMAT_NAME = "nfn-lab-zoo"
@@ -260,8 +260,7 @@ def read_zoo_info(path_or_hub_id: str | os.PathLike) -> ZooInfo:
         path = root / INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"no {INFO_FILE} in {root}: not an nfn-lab zoo (write one with ZooWriter or "
-                "`nfn-lab zoo convert`)."
+                f"no {INFO_FILE} in {root}: not an nfn-lab zoo (write one with ZooWriter or `nfn-lab zoo convert`)."
             )
     else:
         from huggingface_hub import hf_hub_download
@@ -342,6 +341,7 @@ def batch_to_tensors(
 
     weights = [array(weight_column(i), s.shape) for i, s in enumerate(spec.weight_spec)]
     biases = [array(bias_column(i), s.shape) for i, s in enumerate(spec.bias_spec)]
+
     def target(name: str) -> Tensor:
         values = np.asarray(batch[name])
         return torch.from_numpy(values.astype(np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32))
@@ -710,8 +710,7 @@ class ZooWriter:
     def __repr__(self) -> str:
         layout = "parquet" if self.write_parquet else "arrow"
         return (
-            f"ZooWriter(root={str(self.root)!r}, layout={layout}, splits={self.info.splits}, "
-            f"{self.info.network_spec})"
+            f"ZooWriter(root={str(self.root)!r}, layout={layout}, splits={self.info.splits}, {self.info.network_spec})"
         )
 
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["CACHE_DIR_NAME", "default_cache_dir", "digest", "zoo_cache_path", "atomic_write"]
+__all__ = ["CACHE_DIR_NAME", "atomic_write", "default_cache_dir", "digest", "zoo_cache_path"]
 
 
 def default_cache_dir() -> Path:

@@ -43,6 +43,7 @@ __all__ = [
     "load_checkpoint",
 ]
 
+
 def load_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     """``torch.load(path, map_location="cpu", weights_only=True)``, with errors naming the file."""
     try:

@@ -11,13 +11,15 @@ from torch import Tensor
 from nfn_lab.data.zoo import Targets, Transform, ZooDataModule, ZooDataset
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
-__all__ = ["TensorZooDataset", "TensorZooDataModule"]
+__all__ = ["TensorZooDataModule", "TensorZooDataset"]
 
 
 class TensorZooDataset(ZooDataset):
     """Networks from batched one-channel features ``(N, 1, ...)`` and targets ``{name: (N,)}``."""
 
-    def __init__(self, wsfeat: WeightSpaceFeatures, targets: Mapping[str, Tensor], transform: Transform | None = None) -> None:
+    def __init__(
+        self, wsfeat: WeightSpaceFeatures, targets: Mapping[str, Tensor], transform: Transform | None = None
+    ) -> None:
         super().__init__(transform)
         if wsfeat.num_channels != 1:
             raise ValueError(f"a zoo holds raw weights with one channel; got {wsfeat.num_channels}.")

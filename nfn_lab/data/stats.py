@@ -15,7 +15,7 @@ from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
 from nfn_lab.data.transforms import Normalize
 from nfn_lab.weightspace import WeightSpaceFeatures
 
-__all__ = ["WeightStats", "compute_weight_stats", "cached_weight_stats"]
+__all__ = ["WeightStats", "cached_weight_stats", "compute_weight_stats"]
 
 MIN_STD = 1e-5  # arrays that never vary (e.g. zero biases) are left unscaled
 
@@ -50,7 +50,9 @@ class WeightStats:
         def tensors(key: str) -> list[Tensor]:
             return [torch.tensor(v, dtype=torch.float32) for v in data[key]]
 
-        return cls(tensors("weight_mean"), tensors("weight_std"), tensors("bias_mean"), tensors("bias_std"), data["count"])
+        return cls(
+            tensors("weight_mean"), tensors("weight_std"), tensors("bias_mean"), tensors("bias_std"), data["count"]
+        )
 
 
 class _Moments:

@@ -26,7 +26,7 @@ from nfn_lab.symmetry import (
 )
 from nfn_lab.weightspace import WeightSpaceFeatures
 
-__all__ = ["Compose", "RandomHiddenPermutation", "RandomSignFlip", "RandomPositiveScale", "Normalize"]
+__all__ = ["Compose", "Normalize", "RandomHiddenPermutation", "RandomPositiveScale", "RandomSignFlip"]
 
 _ITEM_LEAD = 1  # items carry a channel axis, no batch axis
 

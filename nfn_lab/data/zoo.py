@@ -26,14 +26,14 @@ from nfn_lab.data.transforms import Compose, Normalize
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
 
 __all__ = [
-    "Item",
-    "ZooDataset",
-    "ZooDataModule",
     "BatchedZooView",
     "EpochBatchSampler",
     "EpochShuffleSampler",
     "EvalBatchSampler",
     "EvalDistributedSampler",
+    "Item",
+    "ZooDataModule",
+    "ZooDataset",
     "check_finite",
     "make_item",
 ]

@@ -8,12 +8,11 @@ from nfn_lab.layers.norm import ChannelDropout, ChannelLayerNorm, ParamLayerNorm
 from nfn_lab.layers.pooling import HNPPool, NPPool
 
 __all__ = [
-    "CrossAttnDecoder",
-    "CrossAttnEncoder",
-    "NPAttention",
     "ChannelDropout",
     "ChannelLayerNorm",
     "ChannelLinear",
+    "CrossAttnDecoder",
+    "CrossAttnEncoder",
     "FlattenWeights",
     "GaussianFourierFeatureTransform",
     "HNPLinear",
@@ -21,6 +20,7 @@ __all__ = [
     "IOSinusoidalEncoding",
     "LearnedPosEmbedding",
     "LearnedScale",
+    "NPAttention",
     "NPLinear",
     "NPPool",
     "ParamLayerNorm",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["TokenPart", "TokenGroup", "token_groups", "gather_tokens", "scatter_tokens"]
+__all__ = ["TokenGroup", "TokenPart", "gather_tokens", "scatter_tokens", "token_groups"]
 
 
 @dataclass(frozen=True)

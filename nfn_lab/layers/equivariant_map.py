@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from nfn_lab.layers import gemm
 from nfn_lab.layers.layout import ArrayLayout
 
-__all__ = ["Member", "Term", "MapPlan", "build_plan", "EquivariantMapFunction"]
+__all__ = ["EquivariantMapFunction", "MapPlan", "Member", "Term", "build_plan"]
 
 
 @dataclass(frozen=True)

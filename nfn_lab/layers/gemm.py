@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "batched_matmul_nt_sum",
     "in_autocast_dtype",
-    "uses_onednn",
     "matmul",
     "matmul_acc",
     "matmul_tn",
@@ -37,7 +37,7 @@ __all__ = [
     "shared_matmul",
     "shared_matmul_acc",
     "shared_matmul_uses_onednn",
-    "batched_matmul_nt_sum",
+    "uses_onednn",
 ]
 
 # x @ w goes through oneDNN only where the reduction K is at least this wide: thinner products

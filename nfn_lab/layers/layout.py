@@ -26,7 +26,7 @@ from torch import Tensor
 
 from nfn_lab.weightspace import NetworkSpec
 
-__all__ = ["ArrayLayout", "network_layouts", "filter_fold", "filter_unfold", "mean_over"]
+__all__ = ["ArrayLayout", "filter_fold", "filter_unfold", "mean_over", "network_layouts"]
 
 
 @dataclass(frozen=True)

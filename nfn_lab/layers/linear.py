@@ -35,7 +35,7 @@ from nfn_lab.layers.layout import network_layouts
 from nfn_lab.symmetry import permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["NPLinear", "HNPLinear", "Pointwise", "ChannelLinear", "InitType"]
+__all__ = ["ChannelLinear", "HNPLinear", "InitType", "NPLinear", "Pointwise"]
 
 InitType = Literal["pytorch_default", "kaiming_normal"]
 

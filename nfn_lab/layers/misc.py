@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["TupleOp", "ResBlock", "LearnedScale", "StatFeaturizer", "FlattenWeights", "UnflattenWeights"]
+__all__ = ["FlattenWeights", "LearnedScale", "ResBlock", "StatFeaturizer", "TupleOp", "UnflattenWeights"]
 
 
 class TupleOp(nn.Module):

@@ -20,7 +20,7 @@ from nfn_lab.layers.layout import network_layouts
 from nfn_lab.symmetry import permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["ChannelLayerNorm", "SimpleLayerNorm", "ParamLayerNorm", "ChannelDropout"]
+__all__ = ["ChannelDropout", "ChannelLayerNorm", "ParamLayerNorm", "SimpleLayerNorm"]
 
 
 class ChannelLayerNorm(nn.Module):

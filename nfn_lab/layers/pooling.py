@@ -19,7 +19,7 @@ from nfn_lab.layers.layout import ArrayLayout, mean_over, network_layouts
 from nfn_lab.symmetry import Group, permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["NPPool", "HNPPool"]
+__all__ = ["HNPPool", "NPPool"]
 
 
 def _pool_layouts(network_spec: NetworkSpec, group: Group) -> tuple[ArrayLayout, ...]:

@@ -5,4 +5,4 @@ from nfn_lab.models.equivariant import EquivariantNFN
 from nfn_lab.models.invariant import InvariantNFN
 from nfn_lab.models.transformer import NFT
 
-__all__ = ["EquivariantNFN", "FlatMLP", "InvariantNFN", "NFT", "StatNN"]
+__all__ = ["NFT", "EquivariantNFN", "FlatMLP", "InvariantNFN", "StatNN"]

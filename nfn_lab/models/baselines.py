@@ -8,7 +8,7 @@ from nfn_lab.layers import FlattenWeights, LearnedScale, StatFeaturizer, Unflatt
 from nfn_lab.models.blocks import Backbone, mlp
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["StatNN", "FlatMLP"]
+__all__ = ["FlatMLP", "StatNN"]
 
 
 class StatNN(Backbone):
@@ -78,7 +78,9 @@ class FlatMLP(Backbone):
         super().__init__(network_spec, normalize)
         num_params = network_spec.get_num_params()
         self.flatten = FlattenWeights(network_spec)
-        self.mlp = mlp(num_params, hidden, num_hidden, out_features or num_params, dropout, sigmoid and bool(out_features))
+        self.mlp = mlp(
+            num_params, hidden, num_hidden, out_features or num_params, dropout, sigmoid and bool(out_features)
+        )
         self.unflatten = UnflattenWeights(network_spec) if out_features is None else None
         self.scale = LearnedScale(network_spec, out_scale) if out_features is None else None
 

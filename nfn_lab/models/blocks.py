@@ -23,13 +23,13 @@ from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
     "Backbone",
-    "Mode",
     "IOEncoding",
-    "equivariant_layer",
-    "layer_norm",
-    "input_encoding",
-    "mlp",
     "InputNormalization",
+    "Mode",
+    "equivariant_layer",
+    "input_encoding",
+    "layer_norm",
+    "mlp",
 ]
 
 Mode = Literal["HNP", "NP", "NP-PosEmb", "PT"]

@@ -11,7 +11,7 @@ from nfn_lab.layers.attention import NPAttention
 from nfn_lab.models.blocks import Backbone, mlp
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["NFTBlock", "NFT"]
+__all__ = ["NFT", "NFTBlock"]
 
 
 class NFTBlock(nn.Module):
@@ -94,10 +94,14 @@ class NFT(Backbone):
             self.head = nn.Sequential(
                 pool_cls(network_spec),
                 nn.Flatten(start_dim=1),
-                mlp(channels * pool_cls.get_num_outs(network_spec), head_hidden, head_layers, out_features, 0.0, sigmoid),
+                mlp(
+                    channels * pool_cls.get_num_outs(network_spec), head_hidden, head_layers, out_features, 0.0, sigmoid
+                ),
             )
         else:
-            self.head = nn.Sequential(Pointwise(network_spec, channels, out_channels), LearnedScale(network_spec, out_scale))
+            self.head = nn.Sequential(
+                Pointwise(network_spec, channels, out_channels), LearnedScale(network_spec, out_scale)
+            )
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> Tensor | WeightSpaceFeatures:
         return self.head(self.blocks(self.prepare(wsfeat)))

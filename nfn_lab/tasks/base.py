@@ -14,14 +14,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
-
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["BaseTask", "BackboneFactory"]
+__all__ = ["BackboneFactory", "BaseTask"]
 
 BackboneFactory = Callable[[NetworkSpec], nn.Module]
 Batch = tuple[WeightSpaceFeatures, dict[str, Tensor]]

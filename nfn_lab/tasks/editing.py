@@ -26,7 +26,7 @@ from nfn_lab.siren import SirenVariant, render
 from nfn_lab.tasks.base import BackboneFactory, BaseTask, Batch
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["EditINRTask", "apply_edit", "EDITS"]
+__all__ = ["EDITS", "EditINRTask", "apply_edit"]
 
 Edit = Literal["dilate", "erode", "gradient", "contrast", "blur"]
 EDITS: tuple[str, ...] = ("dilate", "erode", "gradient", "contrast", "blur")

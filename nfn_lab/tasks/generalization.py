@@ -51,9 +51,7 @@ class PredictGeneralizationTask(BaseTask):
         self.criterion = nn.BCELoss() if self.loss_kind == "bce" else nn.MSELoss()
 
     def configure_metrics(self) -> None:
-        metrics = MetricCollection(
-            {"kendall_tau": KendallRankCorrCoef(), "r2": R2Score(), "l1": MeanAbsoluteError()}
-        )
+        metrics = MetricCollection({"kendall_tau": KendallRankCorrCoef(), "r2": R2Score(), "l1": MeanAbsoluteError()})
         self.set_metrics(metrics)
 
     def compute(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,7 +59,9 @@ class PredictGeneralizationTask(BaseTask):
         y = self.select_target(targets, self.target).float()
         pred = self(wsfeat).view(-1).float()  # float32 also under bf16/fp16 autocast
         if self.loss_kind == "bce" and ((pred < 0) | (pred > 1)).any():
-            raise ValueError("loss='bce' needs outputs in [0, 1]: build the backbone with sigmoid=True or use loss='mse'.")
+            raise ValueError(
+                "loss='bce' needs outputs in [0, 1]: build the backbone with sigmoid=True or use loss='mse'."
+            )
         # CUDA autocast refuses BCELoss (not autocast-safe): the loss runs outside it, in float32.
         with torch.autocast(device_type=pred.device.type, enabled=False):
             loss = self.criterion(pred, y)

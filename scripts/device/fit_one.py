@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             wandb_imported="wandb" in sys.modules,
         )
         code = 0
-    except BaseException as err:  # noqa: BLE001 - record any failure (including SystemExit from the CLI)
+    except BaseException as err:
         record["error"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()[-4000:]
         code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code else 1

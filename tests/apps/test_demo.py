@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nfn_lab.apps import demo
-from nfn_lab.digits import NUM_TRAIN_IMAGES, Digits, load_digits_split
 from nfn_lab.conversion import module_to_wsfeat
+from nfn_lab.digits import NUM_TRAIN_IMAGES, Digits, load_digits_split
 from nfn_lab.weightspace import collate_wsfeat
 
 SMALL = {"num_networks": 4, "epochs": 1, "channels": 4}
@@ -29,7 +29,7 @@ def digits() -> Digits:
 def test_digits_split_is_disjoint_and_complete(digits: Digits) -> None:
     assert digits.x_train.shape == (NUM_TRAIN_IMAGES, 64)
     assert digits.x_train.shape[0] + digits.x_test.shape[0] == 1797
-    assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
+    assert digits.x_train.min() >= 0.0 and digits.x_train.max() <= 1.0
     assert set(digits.y_test.tolist()) == set(range(10))
 
 

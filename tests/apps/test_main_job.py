@@ -16,7 +16,12 @@ def test_main_job_end_to_end(tmp_path, capsys):
     table = format_table(results)
     assert "Kendall tau" in table and "StatNN" in table and str(results[0].scatter) in table
     # A second run reuses the zoo instead of rebuilding it.
-    assert main(["--zoo", str(tmp_path / "zoo"), "--runs", str(tmp_path / "runs2"), "--epochs", "1", "--wandb", "disabled"]) == 0
+    assert (
+        main(
+            ["--zoo", str(tmp_path / "zoo"), "--runs", str(tmp_path / "runs2"), "--epochs", "1", "--wandb", "disabled"]
+        )
+        == 0
+    )
     assert "Using the digits CNN zoo" in capsys.readouterr().out
 
 

@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from nfn_lab.cli import main
+from nfn_lab.cli.train import run
 from nfn_lab.layers import IOSinusoidalEncoding
 from nfn_lab.models.blocks import IOEncoding
-from nfn_lab.cli.train import run
 from tests.data.small_cnn_zoo.generate import generate
 
 CONFIG = """

@@ -124,7 +124,9 @@ def test_eval_sampler_covers_each_sample_once(size, replicas):
     data = list(range(size))
     shards = [list(EvalDistributedSampler(data, num_replicas=replicas, rank=r)) for r in range(replicas)]
     assert sorted(i for s in shards for i in s) == data
-    assert [len(EvalDistributedSampler(data, num_replicas=replicas, rank=r)) for r in range(replicas)] == [len(s) for s in shards]
+    assert [len(EvalDistributedSampler(data, num_replicas=replicas, rank=r)) for r in range(replicas)] == [
+        len(s) for s in shards
+    ]
 
 
 def test_tensor_zoo_rejects_bad_splits_and_targets(zoo):

@@ -77,7 +77,7 @@ def test_loaders_cover_each_split(zoo) -> None:
     datamodule.setup("fit")
     seen = torch.cat([targets["test_loss"] for _, targets in datamodule.train_dataloader()])
     assert torch.equal(seen.sort().values, zoo.targets["train"]["test_loss"].sort().values)
-    (feats, targets), = list(datamodule.val_dataloader())
+    ((feats, targets),) = list(datamodule.val_dataloader())
     assert feats.weights[2].shape == (4, 1, 4, 5)
     assert torch.equal(feats.weights[2], zoo.features["val"].weights[2])
     datamodule.setup("test")
@@ -107,7 +107,7 @@ def test_parquet_zoo_through_the_datamodule(zoo, tmp_path) -> None:
     root = to_parquet(zoo.root, tmp_path / "hub")
     datamodule = ArrowZooDataModule(root, batch_size=6, cache_dir=tmp_path / "cache")
     datamodule.setup("test")
-    (feats, targets), = list(datamodule.test_dataloader())
+    ((feats, targets),) = list(datamodule.test_dataloader())
     assert torch.equal(feats.biases[0], zoo.features["test"].biases[0])
     assert torch.equal(targets["test_accuracy"], zoo.targets["test"]["test_accuracy"])
 

@@ -135,8 +135,16 @@ def test_network_spec_comes_from_layout_alone(zoo_copy):
     "make",
     [
         lambda: nn.Sequential(nn.Conv1d(2, 3, 4), nn.Tanh(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(3, 2)),
-        lambda: nn.Sequential(nn.Conv3d(1, 3, 2), nn.ReLU(), nn.Conv3d(3, 4, (1, 2, 3)), nn.AdaptiveAvgPool3d(1),
-                              nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)),  # fmt: skip
+        lambda: nn.Sequential(
+            nn.Conv3d(1, 3, 2),
+            nn.ReLU(),
+            nn.Conv3d(3, 4, (1, 2, 3)),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(4, 5),
+            nn.ReLU(),
+            nn.Linear(5, 2),
+        ),  # fmt: skip
     ],
     ids=["conv1d", "conv3d+mlp"],
 )

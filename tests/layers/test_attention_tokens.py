@@ -20,9 +20,7 @@ def _projections(shapes, dtype=torch.float64, requires_grad=False):
     """Random ``(B, 3C, *neurons)`` arrays, channels ordered ``(3, H, ch)``."""
     gen = torch.Generator().manual_seed(0)
     channels = 3 * HEADS * HEAD_CHANNELS
-    return [
-        torch.randn(BATCH, channels, *s, generator=gen, dtype=dtype).requires_grad_(requires_grad) for s in shapes
-    ]
+    return [torch.randn(BATCH, channels, *s, generator=gen, dtype=dtype).requires_grad_(requires_grad) for s in shapes]
 
 
 def _token(kind: str, array: torch.Tensor, i: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ from nfn_lab.testing import SPACES, assert_invariant, assert_sensitive, example_
 from nfn_lab.weightspace import WeightSpaceFeatures, network_spec_from_wsfeat
 
 
-
 @pytest.mark.parametrize("cls,group", [(NPPool, "np"), (HNPPool, "hnp")])
 @pytest.mark.parametrize("kind,num_layers", SPACES)
 def test_invariant_with_declared_size(cls, group, kind, num_layers):
@@ -48,7 +47,9 @@ def test_get_num_outs_matches_reference_formula_for_small_cnn_zoo():
     """conv 1->16->16->16 (3x3), dense 16->10, as in the Small CNN Zoo."""
     from nfn_lab.weightspace import NetworkSpec
 
-    spec = NetworkSpec.from_shapes([(-1, 1, 3, 3), (-1, -1, 3, 3), (-1, -1, 3, 3), (10, -1)], [(-1,), (-1,), (-1,), (10,)])
+    spec = NetworkSpec.from_shapes(
+        [(-1, 1, 3, 3), (-1, -1, 3, 3), (-1, -1, 3, 3), (10, -1)], [(-1,), (-1,), (-1,), (10,)]
+    )
     assert NPPool.get_num_outs(spec) == 3 * (9 + 1) + (1 + 1)
     assert HNPPool.get_num_outs(spec) == (1 * 9 + 1) + 2 * (9 + 1) + (10 + 10)
 

@@ -5,7 +5,13 @@ import torch
 
 from nfn_lab.data.stats import compute_weight_stats
 from nfn_lab.models import NFT, EquivariantNFN, FlatMLP, InvariantNFN, StatNN
-from nfn_lab.testing import assert_equivariant, assert_invariant, assert_sensitive, example_features, non_group_transforms
+from nfn_lab.testing import (
+    assert_equivariant,
+    assert_invariant,
+    assert_sensitive,
+    example_features,
+    non_group_transforms,
+)
 from nfn_lab.weightspace import network_spec_from_wsfeat
 
 

@@ -28,8 +28,13 @@ def _setup(root):
 
 def _trainer(root, **kwargs):
     defaults = dict(
-        default_root_dir=root, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, max_epochs=1,
+        default_root_dir=root,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=1,
     )
     return L.Trainer(**{**defaults, **kwargs})
 
