@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ __all__ = [
     "wsfeat_to_state_dicts",
 ]
 
-Layer = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LAYER_TYPES = (nn.Linear, *_CONV_TYPES)
 _SUPPORTED = "nn.Linear and nn.Conv1d/2d/3d layers (groups=1) with parameter-free modules between them"

@@ -26,10 +26,11 @@ batch of images from fresh initializations with it, and the INR zoo builder uses
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from einops import rearrange
@@ -166,7 +167,7 @@ class Siren(nn.Module):
         self.indexing: Indexing = facts.indexing
         sine = SineLayer if variant == "nfn" else SineLinear
         widths = [in_features] + [hidden_features] * (hidden_layers + 1)
-        layers: list[nn.Module] = [sine(n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])]
+        layers: list[nn.Module] = [sine(n_in, n_out) for n_in, n_out in itertools.pairwise(widths)]
         layers.append(nn.Linear(hidden_features, out_features))
         setattr(self, facts.container, nn.Sequential(*layers))
         self.reset_parameters()
@@ -178,7 +179,7 @@ class Siren(nn.Module):
 
     def linears(self) -> list[nn.Linear]:
         """The ``nn.Linear`` of every layer, in order."""
-        return [getattr(m, "linear", m) for m in self.layers]
+        return [m.linear if isinstance(m, SineLayer) else cast(nn.Linear, m) for m in self.layers]
 
     def redraw(self) -> None:
         """Draws every parameter again exactly as building this SIREN does, from the global

@@ -58,7 +58,7 @@ def sample_permutations(
 ) -> list[Tensor | None]:
     """A random group element: one index permutation per permuted neuron layer."""
     permuted = set(permuted_layers(len(layer_sizes) - 1, group))
-    return [torch.randperm(n, generator=generator) if l in permuted else None for l, n in enumerate(layer_sizes)]
+    return [torch.randperm(n, generator=generator) if i in permuted else None for i, n in enumerate(layer_sizes)]
 
 
 def _map_neurons(wsfeat: WeightSpaceFeatures, maps: NeuronMaps, lead: int, row_op, col_op) -> WeightSpaceFeatures:
@@ -113,8 +113,8 @@ def sample_sign_flips(layer_sizes: Sequence[int], generator: torch.Generator | N
     """Random ``+-1`` per hidden neuron (a symmetry of networks with odd activations)."""
     last = len(layer_sizes) - 1
     return [
-        None if l in (0, last) else torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
-        for l, n in enumerate(layer_sizes)
+        None if i in (0, last) else torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+        for i, n in enumerate(layer_sizes)
     ]
 
 
@@ -127,6 +127,6 @@ def sample_positive_scales(
     last = len(layer_sizes) - 1
     lo, hi = torch.tensor(low).log(), torch.tensor(high).log()
     return [
-        None if l in (0, last) else (lo + (hi - lo) * torch.rand(n, generator=generator)).exp()
-        for l, n in enumerate(layer_sizes)
+        None if i in (0, last) else (lo + (hi - lo) * torch.rand(n, generator=generator)).exp()
+        for i, n in enumerate(layer_sizes)
     ]

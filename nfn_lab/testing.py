@@ -13,6 +13,7 @@ the group's generators (weight-space.md, section 4).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -104,10 +105,10 @@ Transform = Callable[[WeightSpaceFeatures], WeightSpaceFeatures]
 def _group_transforms(wsfeat: WeightSpaceFeatures, group: Group, trials: int, seed: int) -> list[Transform]:
     gen = torch.Generator().manual_seed(seed)
     sizes = feature_layer_sizes(wsfeat)
-    out = []
+    out: list[Transform] = []
     for _ in range(trials):
         perms = sample_permutations(sizes, group, generator=gen)
-        out.append(lambda x, perms=perms: permute_features(x, perms))
+        out.append(functools.partial(permute_features, perms=perms))
     return out
 
 
@@ -276,13 +277,13 @@ def count_orbits(
             a = parent[a]
         return a
 
-    for l in permuted_layers(num_layers, group):
-        n = layer_sizes[l]
+    for moved in permuted_layers(num_layers, group):
+        n = layer_sizes[moved]
         if n < 2:
             continue
         for perm in ([1, 0, *range(2, n)], [*range(1, n), 0]):
             image = [
-                index[(arr, tuple((layer, perm[idx] if layer == l else idx) for layer, idx in neurons), f)]
+                index[(arr, tuple((layer, perm[idx] if layer == moved else idx) for layer, idx in neurons), f)]
                 for arr, neurons, f in entries
             ]
             for a in range(num):

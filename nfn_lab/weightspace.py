@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections.abc
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +117,7 @@ class NetworkSpec:
     ) -> NetworkSpec:
         """Builds a spec from plain shapes; biases default to ``(n_out,)`` per layer."""
         if bias_shapes is None:
-            bias_shapes = [(tuple(w)[0],) for w in weight_shapes]
+            bias_shapes = [(next(iter(w)),) for w in weight_shapes]
         return cls(tuple(ArraySpec(tuple(w)) for w in weight_shapes), tuple(ArraySpec(tuple(b)) for b in bias_shapes))
 
     def to_dict(self) -> dict[str, list[list[int]]]:
@@ -348,7 +348,7 @@ def _flatten_wsfeat(x: WeightSpaceFeatures) -> tuple[list[Tensor], int]:
     return [*x.weights, *x.biases], len(x)
 
 
-def _unflatten_wsfeat(values: Sequence[Tensor], num_layers: int) -> WeightSpaceFeatures:
+def _unflatten_wsfeat(values: Iterable[Tensor], num_layers: int) -> WeightSpaceFeatures:
     values = list(values)
     return WeightSpaceFeatures(values[:num_layers], values[num_layers:])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def permute_neurons(models: list[nn.Module], hidden: bool, seed: int = 0) -> lis
         model = copy.deepcopy(model)
         layer_list = _layers_of(model)
         if hidden:
-            for a, b in zip(layer_list, layer_list[1:]):
+            for a, b in itertools.pairwise(layer_list):
                 p = torch.randperm(a.weight.shape[0], generator=gen)
                 a.weight.copy_(a.weight[p])
                 a.bias.copy_(a.bias[p])
@@ -90,7 +91,7 @@ def permute_neurons(models: list[nn.Module], hidden: bool, seed: int = 0) -> lis
 
 def test_readme_example_runs_as_written() -> None:
     torch.manual_seed(0)
-    nfn, out = run_readme_example(readme_models())
+    _, out = run_readme_example(readme_models())
     assert out.shape == (8, 1)
     assert torch.isfinite(out).all() and out.std() > 0  # distinct networks give distinct outputs
 

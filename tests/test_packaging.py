@@ -86,7 +86,7 @@ def test_bound_lines_are_found() -> None:
 
 @pytest.mark.parametrize("line", _bound_lines(PYPROJECT.read_text()))
 def test_every_lower_bound_says_why(line: str) -> None:
-    code, sep, comment = line.partition("#")
+    _, sep, comment = line.partition("#")
     assert sep, f"no '# why' comment on: {line}"
     assert len(comment.split()) >= 3, f"the comment does not explain the bound: {line}"
 

@@ -249,7 +249,7 @@ def test_collate_wsfeat_stacks_items() -> None:
     batch = collate_wsfeat(items)
     assert batch.batch_size == 3 and batch.num_channels == 1
     for b, item in enumerate(items):
-        _assert_same(batch.map(lambda t: t[b]), item)
+        _assert_same(batch.map(lambda t, b=b: t[b]), item)
 
 
 def test_collate_nested_with_targets() -> None:

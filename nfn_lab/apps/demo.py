@@ -190,7 +190,7 @@ def fit_accuracy_predictor(
     model.train()
     for _ in tqdm(range(epochs), desc=f"fitting the {name}", disable=not progress):
         for idx in torch.randperm(len(targets), generator=generator).split(batch_size):
-            batch = wsfeat.map(lambda t: t[idx])
+            batch = wsfeat.map(lambda t, idx=idx: t[idx])
             optimizer.zero_grad()
             nn.functional.mse_loss(model(batch).squeeze(-1), targets[idx]).backward()
             optimizer.step()
@@ -202,16 +202,18 @@ def permute_each_network(wsfeat: WeightSpaceFeatures, seed: int = 0) -> WeightSp
     generator = torch.Generator().manual_seed(seed)
     sizes = feature_layer_sizes(wsfeat)
     items = [
-        permute_features(wsfeat.map(lambda t: t[b]), sample_permutations(sizes, "hnp", generator), lead=1)
+        permute_features(wsfeat.map(lambda t, b=b: t[b]), sample_permutations(sizes, "hnp", generator), lead=1)
         for b in range(wsfeat.batch_size)
     ]
     return collate_wsfeat(items)
 
 
 def _max_abs_change(a: WeightSpaceFeatures | Tensor, b: WeightSpaceFeatures | Tensor) -> float:
-    if isinstance(a, WeightSpaceFeatures):
+    if isinstance(a, WeightSpaceFeatures) and isinstance(b, WeightSpaceFeatures):
         return max(_max_abs_change(x, y) for x, y in zip([*a.weights, *a.biases], [*b.weights, *b.biases]))
-    return (a - b).abs().max().item()
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return (a - b).abs().max().item()
+    raise TypeError(f"cannot compare {type(a).__name__} with {type(b).__name__}.")
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ def train_and_test(name: str, config: Path, zoo: Path, epochs: int, runs: Path, 
         l1=metrics["test/l1"],
         seconds=time.perf_counter() - start,
         scatter=getattr(cli.model, "scatter_path", None),
-        log_dir=Path(cli.trainer.log_dir),
+        log_dir=Path(cli.trainer.log_dir or runs),
     )
 
 

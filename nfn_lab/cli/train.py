@@ -75,9 +75,11 @@ class NFNLabCLI(LightningCLI):
     def after_fit(self) -> None:
         """Tests the best checkpoint, so one command gives a result; stored in ``test_results``."""
         config = self.config[self.subcommand]
-        if config["test_after_fit"] and not self.trainer.fast_dev_run and self.datamodule is not None:
+        fast_dev_run = getattr(self.trainer, "fast_dev_run", False)  # set by Trainer.__init__, not declared
+        if config["test_after_fit"] and not fast_dev_run and self.datamodule is not None:
             callback = self.trainer.checkpoint_callback
-            ckpt = (callback.best_model_path or None) if callback is not None else None  # None: the final weights
+            best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
+            ckpt = best or None  # None: the final weights
             self.test_results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 

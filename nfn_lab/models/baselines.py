@@ -87,6 +87,6 @@ class FlatMLP(Backbone):
     def forward(self, wsfeat: WeightSpaceFeatures) -> Tensor | WeightSpaceFeatures:
         flat = self.flatten(self.prepare(wsfeat)).flatten(start_dim=1)  # (B, num_params * 1)
         out = self.mlp(flat)
-        if self.unflatten is None:
+        if self.unflatten is None or self.scale is None:
             return out
         return self.scale(self.unflatten(out.unsqueeze(-1)))

@@ -142,6 +142,12 @@ class InputNormalization(nn.Module):
     split); until then the layer refuses to run, so an unnormalized model never trains silently.
     """
 
+    weight_mean: Tensor  # (L, C): one row per layer
+    weight_std: Tensor
+    bias_mean: Tensor
+    bias_std: Tensor
+    initialized: Tensor  # () bool
+
     def __init__(self, network_spec: NetworkSpec, in_channels: int = 1) -> None:
         super().__init__()
         self.num_layers = len(network_spec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -96,31 +96,31 @@ class BaseTask(L.LightningModule, ABC):
     def setup(self, stage: str) -> None:
         """Hands the training split's weight statistics to a backbone built with ``normalize=True``."""
         set_stats = getattr(self.model, "set_input_stats", None)
+        input_norm = getattr(self.model, "input_norm", None)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if (
-            set_stats is not None
-            and getattr(self.model, "input_norm", None) is not None
-            and not bool(self.model.input_norm.initialized)
-            and hasattr(datamodule, "compute_weight_stats")
-        ):
-            set_stats(datamodule.compute_weight_stats())
+        compute_stats = getattr(datamodule, "compute_weight_stats", None)
+        if set_stats is not None and input_norm is not None and not bool(input_norm.initialized) and compute_stats:
+            set_stats(compute_stats())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _, _ = self.compute(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].batch_size)
         return loss
 
-    def _metrics(self, prefix: str) -> nn.Module:
+    def _metrics(self, prefix: str) -> MetricCollection:
         return self.val_metrics if prefix == "val" else self.test_metrics
+
+    def _eval_loss(self, prefix: str) -> MeanMetric:
+        return cast(MeanMetric, self.eval_losses[prefix])
 
     def _eval_step(self, batch: Batch, prefix: str) -> tuple[Tensor, Tensor]:
         loss, preds, targets = self.compute(batch)
         self._metrics(prefix).update(preds, targets)
-        self.eval_losses[prefix].update(loss.detach(), weight=batch[0].batch_size)
+        self._eval_loss(prefix).update(loss.detach(), weight=batch[0].batch_size)
         return preds, targets
 
     def _log_eval_epoch(self, prefix: str) -> None:
-        results = {f"{prefix}/loss": self.eval_losses[prefix].compute()}
+        results = {f"{prefix}/loss": self._eval_loss(prefix).compute()}
         for name, metric in self._metrics(prefix).items(keep_base=False, copy_state=False):
             try:
                 results[name] = metric.compute()
@@ -131,7 +131,7 @@ class BaseTask(L.LightningModule, ABC):
 
     def _reset_eval(self, prefix: str) -> None:
         self._metrics(prefix).reset()
-        self.eval_losses[prefix].reset()
+        self._eval_loss(prefix).reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -157,9 +157,10 @@ class BaseTask(L.LightningModule, ABC):
         return self(batch[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.warmup_steps <= 0:
+        hparams = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"])
+        warmup = hparams["warmup_steps"]
+        if warmup <= 0:
             return optimizer
-        warmup = self.hparams.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

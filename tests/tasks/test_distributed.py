@@ -1,5 +1,6 @@
-"""DDP on CPU (2 processes, gloo, forked: a spawned child can abort in gloo teardown at exit): training runs, and evaluation metrics on an odd-sized split
-equal the single-process metrics exactly (no sample repeated or dropped)."""
+"""DDP on CPU (2 processes, gloo, forked: a spawned child can abort in gloo teardown at exit): training runs,
+and evaluation metrics on an odd-sized split equal the single-process metrics exactly (no sample repeated or
+dropped)."""
 
 import functools
 

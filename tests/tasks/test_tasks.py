@@ -130,8 +130,7 @@ def _siren_zoo(n: int):
 def test_edit_inr_trains_and_saves_image_grid(tmp_path, backbone):
     feats = _siren_zoo(12)
     dm = TensorZooDataModule(feats, {"label": torch.zeros(12)}, split_sizes=(8, 4, 0), batch_size=4, root=tmp_path)
-    spec = dm.network_spec if backbone.func is EquivariantNFN else dm.network_spec
-    task = EditINRTask(spec, backbone, edit="dilate", image_size=8, num_logged_images=3, lr=1e-3)
+    task = EditINRTask(dm.network_spec, backbone, edit="dilate", image_size=8, num_logged_images=3, lr=1e-3)
     trainer = _trainer(tmp_path, max_epochs=2)
     trainer.fit(task, datamodule=dm)
     metrics = trainer.validate(task, datamodule=dm, verbose=False)[0]
@@ -141,6 +140,5 @@ def test_edit_inr_trains_and_saves_image_grid(tmp_path, backbone):
 
 
 def test_edit_task_rejects_unknown_edit(mlp_zoo):
-    feats, _ = mlp_zoo
     with pytest.raises(ValueError, match="unknown edit"):
         EditINRTask(None, functools.partial(StatNN), edit="sharpen")
