@@ -1,5 +1,6 @@
 # Set-up and the entry points of the README: `make run` (the main job) and `make test`;
-# `make demo` runs the short invariance demonstration.
+# `make demo` runs the short invariance demonstration; `make lint` runs ruff (format and
+# lint) and mypy, as CI does before the tests (.ci/run).
 # Both create .venv on first use and install nfn-lab into it; the set-up is redone only
 # when pyproject.toml changes (the stamp file below is older than it).
 
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.nfn-lab-installed
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test
+.PHONY: setup run demo lint test
 
 setup: $(STAMP)
 
@@ -20,7 +21,7 @@ $(VENV_PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(VENV_PY)
-	$(VENV_PY) -m pip install "$(TORCH)" -e ".[test]"
+	$(VENV_PY) -m pip install "$(TORCH)" -e ".[test,dev]"
 	touch $(STAMP)
 
 run: setup
@@ -28,6 +29,11 @@ run: setup
 
 demo: setup
 	$(VENV_PY) -m nfn_lab.apps.demo
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: setup
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(VENV_PY) -m pytest $(PYTEST_ARGS)
