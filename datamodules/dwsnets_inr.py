@@ -1,6 +1,6 @@
 """The DWSNets INR zoos (MNIST / FashionMNIST INRs of Navon et al. 2023) as a DataModule.
 
-Used by DWSNets, neural graphs and ScaleGMN. Format (``formats.md``, "DWSNets INR zoos"):
+Used by DWSNets, neural graphs and ScaleGMN. Format (docs/formats.md, "DWSNets INR zoos"):
 
 - MNIST: ``.../mnist_png_{training|testing}_<label>_<n>/checkpoints/model_final.pth``;
   FashionMNIST: ``fmnist_inrs/{train,test}/model_<n>.pth``, whose dict also holds an

@@ -1,6 +1,6 @@
 """The NFN SIREN zoos (MNIST, FashionMNIST, CIFAR-10 INRs of Zhou et al. 2023) as a DataModule.
 
-Format (``formats.md``, "NFN SIREN zoos"):
+Format (docs/formats.md, "NFN SIREN zoos"):
 
 - ``<root>/<prefix>_<label>s/net<idx>.pth``: the base set, one SIREN per image; ``<label>``
   is one digit, ``idx`` the image's position in the dataset's train set followed by its

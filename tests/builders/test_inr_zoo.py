@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.arrow_zoo import batch_to_tensors
 from nfn_lab.builders import inr_zoo
 from nfn_lab.builders.inr_zoo import ImageSet, INRZooConfig, build_inr_zoo, init_sirens, load_images, psnr
-from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
+from nfn_lab.data.arrow_container import open_zoo
+from nfn_lab.data.card import read_zoo_info
 from nfn_lab.siren import Siren, render
 from nfn_lab.weightspace import WeightSpaceFeatures
 

@@ -1,7 +1,7 @@
-"""Writes small zoos in nfn-lab's Arrow/Parquet format (see ``nfn_lab/data/arrow_format.py``).
+"""Writes small zoos in nfn-lab's Arrow/Parquet format (see ``datamodules/arrow_zoo.py`` and docs/formats.md).
 
 :func:`generate` writes a zoo through the reference writer
-(:class:`~nfn_lab.data.arrow_format.ZooWriter`) and returns everything it wrote, so
+(:class:`~datamodules.arrow_zoo.ZooWriter`) and returns everything it wrote, so
 tests can compare what the readers give back exactly. :func:`write_parquet_by_hand`
 writes the Parquet layout with plain pyarrow and ``json``, as another tool would, to
 test the readers independently of the writer.
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from nfn_lab.data.arrow_format import ZooWriter
+from datamodules.arrow_zoo import ZooWriter
 from nfn_lab.testing import example_features
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
