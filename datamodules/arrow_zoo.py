@@ -311,8 +311,9 @@ class ArrowZooDataModule(ZooDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.streaming:
             return super()._loader(split, train)
-        stream = self.split_dataset(split)
-        assert isinstance(stream, ArrowZooStream)
+        dataset = self.split_dataset(split)
+        assert isinstance(dataset, ArrowZooStream)
+        stream: ArrowZooStream = dataset
         if train:
             stream = stream.shuffled(self.seed, self.shuffle_buffer)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

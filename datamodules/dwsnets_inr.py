@@ -154,7 +154,8 @@ class DWSNetsINRDataModule(CheckpointZooDataModule):
     def _load(self) -> list[str]:
         if self._files is None:
             resolve = PathResolver(self.root)
-            files, labels = [], []
+            files: list[str] = []
+            labels: list[int] = []
             for split, (paths, split_labels) in _load_splits(self.splits_file, self.splits).items():
                 self._bounds[split] = (len(files), len(files) + len(paths))
                 files += [resolve(p, f"{self.splits_file}: {split!r} path {i}") for i, p in enumerate(paths)]

@@ -277,7 +277,7 @@ class _RowReader:
         return self._fd
 
     def _read_into(self, out: np.ndarray, first_row: int) -> None:
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         offset = self.offset + first_row * self.num_columns * self.dtype.itemsize
         done = 0
         while done < len(view):

@@ -23,7 +23,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nfn_lab.data.zoo import ZooDataModule
 
 __all__ = ["build_parser", "convert", "disk_size", "main", "resolve_format"]
 
@@ -37,7 +40,7 @@ def _report_broken(name: str, err: Exception) -> None:
     print(f"nfn-lab zoo: warning: skipping format {name!r} ({type(err).__name__}: {err})", file=sys.stderr)
 
 
-def resolve_format(root: Path, name: str = "auto") -> tuple[str, type]:
+def resolve_format(root: Path, name: str = "auto") -> tuple[str, type[ZooDataModule]]:
     """The format of ``root``: ``name`` if given (a format name or class path), else the one that detects it."""
     from nfn_lab.data import formats
 
@@ -173,7 +176,8 @@ def convert(
     try:
         for split in datamodule.splits:
             dataset = datamodule.make_dataset(split, None)
-            metadata_columns = tuple(getattr(dataset, "metadata_columns", ()))
+            read_metadata = getattr(dataset, "read_metadata", None)
+            metadata_columns = tuple(getattr(dataset, "metadata_columns", ())) if read_metadata else ()
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)  # in order: source_index
             done = 0
             with tqdm(total=len(dataset), desc=f"{split}", unit="net", disable=not progress) as bar:
@@ -197,8 +201,8 @@ def convert(
                         )
                     indices = list(range(done, done + feats.batch_size))
                     metadata = {"source_index": indices} if "source_index" not in metadata_columns else {}
-                    if metadata_columns:
-                        metadata.update(dataset.read_metadata(indices))
+                    if metadata_columns and read_metadata is not None:
+                        metadata.update(read_metadata(indices))
                     writer.add(split, feats, targets, metadata)
                     done += feats.batch_size
                     bar.update(feats.batch_size)
@@ -267,10 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nfn-lab zoo`` with ``argv`` (default: ``sys.argv[2:]``); returns the exit status."""
     argv = list(sys.argv[2:] if argv is None else argv)
-    if argv[:1] == ["build"]:  # forwarded whole: argparse's REMAINDER drops a leading option such as --help
-        args = argparse.Namespace(func=_build, rest=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
+    # `build` is forwarded whole: argparse's REMAINDER drops a leading option such as --help.
+    forward = argv[:1] == ["build"]
+    args = argparse.Namespace(func=_build, rest=argv[1:]) if forward else build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ZooCLIError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:

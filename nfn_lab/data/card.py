@@ -157,6 +157,8 @@ def read_zoo_info(path_or_hub_id: str | os.PathLike) -> ZooInfo:
     else:
         from huggingface_hub import hf_hub_download
 
+        assert hub_id is not None  # locate_zoo gives a folder or a Hub id
+
         try:
             path = Path(hf_hub_download(hub_id, INFO_FILE, repo_type="dataset"))
         except Exception as err:  # offline, missing repo or file: all mean "no zoo here"

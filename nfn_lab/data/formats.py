@@ -25,6 +25,10 @@ import importlib.metadata
 import inspect
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nfn_lab.data.zoo import ZooDataModule
 
 __all__ = [
     "BUILTIN_FORMATS",
@@ -44,10 +48,10 @@ BUILTIN_FORMATS: dict[str, str] = {
 }
 ENTRY_POINT_GROUP = "nfn_lab.zoo_formats"
 
-_registered: dict[str, str | type] = {}  # register_format's entries: class paths or classes
+_registered: dict[str, str | type[ZooDataModule]] = {}  # register_format's entries: class paths or classes
 
 
-def register_format(name: str, cls: str | type) -> None:
+def register_format(name: str, cls: str | type[ZooDataModule]) -> None:
     """Registers ``cls`` (a ZooDataModule subclass or its class path ``package.module.Class``) as ``name``.
 
     Raises:
@@ -61,7 +65,7 @@ def register_format(name: str, cls: str | type) -> None:
     _registered[name] = cls
 
 
-def _sources() -> dict[str, str | type | importlib.metadata.EntryPoint]:
+def _sources() -> dict[str, str | type[ZooDataModule] | importlib.metadata.EntryPoint]:
     """Every registered name and where its class comes from (nothing is imported)."""
     entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     return {**BUILTIN_FORMATS, **entry_points, **_registered}
@@ -88,7 +92,7 @@ def import_class(path: str) -> type:
     return found
 
 
-def _check_format(cls: type, name: str) -> type:
+def _check_format(cls: type, name: str) -> type[ZooDataModule]:
     from nfn_lab.data.zoo import ZooDataModule
 
     if not issubclass(cls, ZooDataModule) or inspect.isabstract(cls):
@@ -96,7 +100,7 @@ def _check_format(cls: type, name: str) -> type:
     return cls
 
 
-def _load(name: str, source: str | type | importlib.metadata.EntryPoint) -> type:
+def _load(name: str, source: str | type[ZooDataModule] | importlib.metadata.EntryPoint) -> type[ZooDataModule]:
     if isinstance(source, importlib.metadata.EntryPoint):
         try:
             loaded = source.load()
@@ -107,7 +111,7 @@ def _load(name: str, source: str | type | importlib.metadata.EntryPoint) -> type
     return _check_format(loaded, name)
 
 
-def format_class(name: str) -> type:
+def format_class(name: str) -> type[ZooDataModule]:
     """The class of the format ``name`` (a registered name or a class path ``package.module.Class``).
 
     Raises:
@@ -127,13 +131,13 @@ def _warn(name: str, err: Exception) -> None:
     warnings.warn(f"skipping zoo format {name!r} ({type(err).__name__}: {err})", stacklevel=3)
 
 
-def zoo_formats(on_error: Callable[[str, Exception], None] = _warn) -> dict[str, type]:
+def zoo_formats(on_error: Callable[[str, Exception], None] = _warn) -> dict[str, type[ZooDataModule]]:
     """Name -> class of every registered format.
 
     A format whose class fails to load is left out and reported to ``on_error(name, error)``
     (default: a warning), so one broken package cannot hide the other formats.
     """
-    found = {}
+    found: dict[str, type[ZooDataModule]] = {}
     for name, source in sorted(_sources().items()):
         try:
             found[name] = _load(name, source)

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from datamodules.arrow_zoo import ArrowZooDataModule
 from nfn_lab import cli
 from nfn_lab.cli import zoo as zoo_cli
-from nfn_lab.data.arrow_container import zoo_layout
 from nfn_lab.data import formats
+from nfn_lab.data.arrow_container import zoo_layout
 from nfn_lab.data.card import read_zoo_info
 from nfn_lab.data.zoo import ZooDataModule
 from nfn_lab.weightspace import collate
@@ -67,7 +67,7 @@ def test_formats_come_from_the_registry(zoo, capsys, monkeypatch) -> None:
     status, out, err = run(capsys, "info", str(zoo.root))
     assert status == 0 and "format_name: arrow_zoo" in out
     assert "nfn-lab zoo: warning: skipping format 'broken' (ImportError: cannot import" in err
-    name, cls = zoo_cli.resolve_format(Path("."), "datamodules.arrow_zoo.ArrowZooDataModule")  # a class path
+    _, cls = zoo_cli.resolve_format(Path("."), "datamodules.arrow_zoo.ArrowZooDataModule")  # a class path
     assert cls is ArrowZooDataModule
 
 

@@ -44,10 +44,10 @@ def test_where_a_zoo_is(zoo, tmp_path) -> None:
     assert locate_zoo(zoo.root) == (zoo.root, None)
     assert locate_zoo("owner/name") == (None, "owner/name")
     assert locate_zoo("hf://datasets/owner/name") == (None, "owner/name")
-    with pytest.raises(FileNotFoundError, match="no zoo at .*no such folder"):
+    with pytest.raises(FileNotFoundError, match=r"no zoo at .*no such folder"):
         locate_zoo(tmp_path / "missing")
     (tmp_path / "file").write_text("")
-    with pytest.raises(NotADirectoryError, match="is a file; a zoo is a folder holding zoo.json"):
+    with pytest.raises(NotADirectoryError, match=r"is a file; a zoo is a folder holding zoo.json"):
         locate_zoo(tmp_path / "file")
     with pytest.raises(FileNotFoundError, match="holds no zoo data"):
         zoo_layout(tmp_path)

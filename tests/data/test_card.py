@@ -44,7 +44,7 @@ def test_dataset_card_front_matter_and_text(zoo, tmp_path) -> None:
 def test_zoo_info_round_trips_through_its_dict() -> None:
     info = ZooInfo(NetworkSpec.from_shapes([(4, 3), (2, 4)]), ("y",), ("step",), {"train": 3}, {"seed": 1})
     assert ZooInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
-    with pytest.raises(ValueError, match="zoo.json: missing field 'target_names'"):
+    with pytest.raises(ValueError, match=r"zoo.json: missing field 'target_names'"):
         ZooInfo.from_dict({k: v for k, v in info.to_dict().items() if k != "target_names"})
     with pytest.raises(ValueError, match="not an nfn-lab zoo description"):
         ZooInfo.from_dict({**info.to_dict(), "format": "other"})
@@ -69,10 +69,10 @@ def test_card_of_the_parquet_layout_lists_its_files() -> None:
 
 
 def test_read_zoo_info_explains_what_is_missing(zoo, tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="no zoo at .*no such folder"):
+    with pytest.raises(FileNotFoundError, match=r"no zoo at .*no such folder"):
         read_zoo_info(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no zoo.json in"):
+    with pytest.raises(FileNotFoundError, match=r"no zoo.json in"):
         read_zoo_info(tmp_path / "empty")
     (tmp_path / "empty" / "zoo.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -48,7 +48,7 @@ def test_class_paths_work_without_registering() -> None:
     assert formats.format_class("datamodules.arrow_zoo.ArrowZooDataModule") is ArrowZooDataModule
     with pytest.raises(KeyError):
         formats.format_class("keras")
-    with pytest.raises(ImportError, match="cannot import the format class 'nowhere.Zoo'"):
+    with pytest.raises(ImportError, match=r"cannot import the format class 'nowhere.Zoo'"):
         formats.format_class("nowhere.Zoo")
 
 

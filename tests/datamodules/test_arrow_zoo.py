@@ -92,7 +92,7 @@ def test_loaders_cover_each_split(zoo) -> None:
     datamodule.setup("fit")
     seen = torch.cat([targets["test_loss"] for _, targets in datamodule.train_dataloader()])
     assert torch.equal(seen.sort().values, zoo.targets["train"]["test_loss"].sort().values)
-    ((feats, targets),) = list(datamodule.val_dataloader())
+    ((feats, _),) = list(datamodule.val_dataloader())
     assert feats.weights[2].shape == (4, 1, 4, 5)
     assert torch.equal(feats.weights[2], zoo.features["val"].weights[2])
     datamodule.setup("test")
@@ -348,7 +348,7 @@ def test_integer_targets_stay_class_labels(tmp_path) -> None:
     labels = torch.tensor([3, 0, 9, 3])
     with ZooWriter(tmp_path / "zoo", spec, ["label", "test_loss"]) as writer:
         writer.add("train", feats, {"label": labels, "test_loss": targets["test_loss"].double()})
-        with pytest.raises(ValueError, match="target 'label' holds integers .* got torch.float32"):
+        with pytest.raises(ValueError, match=r"target 'label' holds integers .* got torch.float32"):
             writer.add("val", feats, {"label": labels.float(), "test_loss": targets["test_loss"]})
     info = read_zoo_info(tmp_path / "zoo")
     (_, _, got), table = _read_all(tmp_path / "zoo", "train", info)

@@ -145,7 +145,7 @@ def test_network_spec_comes_from_layout_alone(zoo_copy):
             nn.Linear(4, 5),
             nn.ReLU(),
             nn.Linear(5, 2),
-        ),  # fmt: skip
+        ),
     ],
     ids=["conv1d", "conv3d+mlp"],
 )
@@ -259,7 +259,7 @@ def test_targets_are_any_metrics_columns(zoo):
     assert targets["config.learning_rate"].item() == pytest.approx(zoo.metrics["config.learning_rate"][row], rel=1e-6)
     with pytest.raises(ValueError, match=r"unknown target column\(s\) \['accuracy'\].*available: \[.*'test_accuracy'"):
         SmallCNNZooDataset(zoo.root, target="accuracy")
-    with pytest.raises(ValueError, match="'config.activation' .* is not numeric"):
+    with pytest.raises(ValueError, match=r"'config.activation' .* is not numeric"):
         SmallCNNZooDataset(zoo.root, target="config.activation")
 
 
@@ -363,7 +363,7 @@ def test_missing_file_is_named_with_the_expected_contents(zoo_copy, name):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(ValueError, match="missing weights.npy.*the folder does not exist"):
+    with pytest.raises(ValueError, match=r"missing weights.npy.*the folder does not exist"):
         SmallCNNZooDataModule(tmp_path / "nowhere").make_dataset("train", None)
 
 
@@ -431,14 +431,14 @@ def test_metrics_rows_must_match_weights_rows(zoo_copy, zoo):
 def test_truncated_weights_file(zoo_copy):
     data = (zoo_copy / "weights.npy").read_bytes()
     (zoo_copy / "weights.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="weights.npy: not a readable .npy array"):
+    with pytest.raises(ValueError, match=r"weights.npy: not a readable .npy array"):
         SmallCNNZooDataset(zoo_copy)
 
 
 def test_bad_index_csv(zoo, tmp_path):
     bad = tmp_path / "idx.csv"
     bad.write_text("0\n3\n999\n")
-    with pytest.raises(ValueError, match="idx.csv line 3: row index 999 is outside"):
+    with pytest.raises(ValueError, match=r"idx.csv line 3: row index 999 is outside"):
         SmallCNNZooDataset(zoo.root, index_csv=bad)
     with pytest.raises(ValueError, match="does not exist"):
         SmallCNNZooDataset(zoo.root, index_csv=tmp_path / "absent.csv")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def generate(
                 rows = slice(lo, lo + add_size)
                 writer.add(
                     split,
-                    feats.map(lambda x: x[rows]),
+                    feats.map(operator.itemgetter(rows)),
                     {k: v[rows] for k, v in targets.items()},
                     {k: v[rows] for k, v in metadata.items()},
                 )
@@ -121,7 +122,8 @@ def main() -> None:
     parser.add_argument("--parquet", action="store_true", help="write the Parquet layout")
     args = parser.parse_args()
     zoo = generate(args.root, write_parquet=args.parquet)
-    print(f"wrote {zoo.root}: {dict((s, len(f.weights[0])) for s, f in zoo.features.items())}")
+    sizes = {split: len(feats.weights[0]) for split, feats in zoo.features.items()}
+    print(f"wrote {zoo.root}: {sizes}")
 
 
 if __name__ == "__main__":
