@@ -51,6 +51,7 @@ from nfn_lab.builders._optim import OPTIMIZERS, StackedOptimizer
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
+from nfn_lab.data.arrow_container import SPLITS
 from nfn_lab.data.staging import check_destination
 from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
@@ -242,7 +243,6 @@ def init_network(hparams: dict[str, Any], generator: torch.Generator) -> list[Te
 # --- configuration ------------------------------------------------------------------------
 
 TARGETS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from datamodules.arrow_zoo import ZooWriter
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
+from nfn_lab.data.arrow_container import SPLITS
 from nfn_lab.data.staging import check_destination
 from nfn_lab.siren import Siren, SirenVariant, StackedSirenFit
 from nfn_lab.weightspace import WeightSpaceFeatures
@@ -57,7 +58,6 @@ from nfn_lab.weightspace import WeightSpaceFeatures
 __all__ = ["TARGETS", "INRZooConfig", "ImageSet", "build_inr_zoo", "load_images", "psnr"]
 
 TARGETS = ("label", "psnr")
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _STREAM_INIT, _STREAM_SPLIT = range(2)
 
