@@ -152,7 +152,8 @@ def read_zoo_info(path_or_hub_id: str | os.PathLike) -> ZooInfo:
         path = root / INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"no {INFO_FILE} in {root}: not an nfn-lab zoo (write one with datamodules.arrow_zoo.ZooWriter or `nfn-lab zoo convert`)."
+                f"no {INFO_FILE} in {root}: not an nfn-lab zoo (write one with datamodules.arrow_zoo.ZooWriter or "
+                "`nfn-lab zoo convert`)."
             )
     else:
         from huggingface_hub import hf_hub_download
