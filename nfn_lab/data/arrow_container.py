@@ -114,7 +114,8 @@ def open_zoo(
     """One split of a zoo as a Hugging Face dataset.
 
     For fast batched reads use ``ds.with_format("numpy")[indices]`` and
-    :func:`datamodules.arrow_zoo.batch_to_tensors` (several times faster than ``with_format("torch")``).
+    :func:`datamodules.arrow_zoo.batch_to_tensors` (one array per column, where
+    ``with_format("torch")`` builds a tensor per row).
 
     Args:
         path_or_hub_id: a local zoo folder (Arrow or Parquet layout) or a Hub dataset id.
