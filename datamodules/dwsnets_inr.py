@@ -1,6 +1,6 @@
 """The DWSNets INR zoos (MNIST / FashionMNIST INRs of Navon et al. 2023) as a DataModule.
 
-Used by DWSNets, neural graphs and ScaleGMN. Format (``formats.md``, "DWSNets INR zoos"):
+Used by DWSNets, neural graphs and ScaleGMN. Format (docs/formats.md, "DWSNets INR zoos"):
 
 - MNIST: ``.../mnist_png_{training|testing}_<label>_<n>/checkpoints/model_final.pth``;
   FashionMNIST: ``fmnist_inrs/{train,test}/model_<n>.pth``, whose dict also holds an
@@ -154,7 +154,8 @@ class DWSNetsINRDataModule(CheckpointZooDataModule):
     def _load(self) -> list[str]:
         if self._files is None:
             resolve = PathResolver(self.root)
-            files, labels = [], []
+            files: list[str] = []
+            labels: list[int] = []
             for split, (paths, split_labels) in _load_splits(self.splits_file, self.splits).items():
                 self._bounds[split] = (len(files), len(files) + len(paths))
                 files += [resolve(p, f"{self.splits_file}: {split!r} path {i}") for i, p in enumerate(paths)]

@@ -1,6 +1,6 @@
 """The NFN SIREN zoos (MNIST, FashionMNIST, CIFAR-10 INRs of Zhou et al. 2023) as a DataModule.
 
-Format (``formats.md``, "NFN SIREN zoos"):
+Format (docs/formats.md, "NFN SIREN zoos"):
 
 - ``<root>/<prefix>_<label>s/net<idx>.pth``: the base set, one SIREN per image; ``<label>``
   is one digit, ``idx`` the image's position in the dataset's train set followed by its
@@ -68,15 +68,15 @@ class _IndexFiles(Sequence):
     """The paths of an index, built on access (no list of ~500,000 strings in memory)."""
 
     def __init__(self, root: Path, prefix: str, index: NFNSirenIndex) -> None:
-        self.root, self.prefix, self.index = root, prefix, index
+        self.root, self.prefix, self.rows = root, prefix, index  # not .index: Sequence.index is a method
 
     def __len__(self) -> int:
-        return len(self.index.idx)
+        return len(self.rows.idx)
 
     def __getitem__(self, row: int) -> str:  # type: ignore[override]
         if not 0 <= row < len(self):
             raise IndexError(row)
-        return self.index.path(self.root, self.prefix, row)
+        return self.rows.path(self.root, self.prefix, row)
 
 
 def _label_folders(root: Path, prefix: str) -> list[tuple[os.DirEntry, int, int]]:
@@ -243,7 +243,7 @@ class NFNSirenDataModule(CheckpointZooDataModule):
     def detect(cls, root: str | os.PathLike) -> bool:
         """Whether ``root`` holds ``randinit_smaller_<digit>s`` folders."""
         pattern = re.compile(r"randinit_smaller(?:_aug\d+)?_\ds")
-        return Path(root).is_dir() and any(pattern.fullmatch(e.name) for e in os.scandir(root) if e.is_dir())
+        return Path(root).is_dir() and any(pattern.fullmatch(e.name) for e in os.scandir(os.fspath(root)) if e.is_dir())
 
     @classmethod
     def describe(cls, root: str | os.PathLike) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The Small CNN Zoo (Unterthiner et al. 2020, "Predicting Neural Network Accuracy from Weights").
 
-The format (the design notes' ``formats.md``, "Small CNN Zoo"): one folder per
+The format (docs/formats.md, "Small CNN Zoo"): one folder per
 dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn_cropped``) holding
 
 - ``weights.npy``: float32 ``(rows, 4970)``, one flattened Keras checkpoint per row;
@@ -32,33 +32,42 @@ loading or mapping the whole array, so memory stays constant whatever the zoo's 
 batch without per-network objects; ``__getitems__`` builds the DataLoader's items from it.
 Finding the non-finite rows takes one chunked pass over ``weights.npy``; its result is
 cached beside the zoo (or in ``$NFN_LAB_CACHE`` if the folder is read-only).
+
+:class:`SmallCNNZooWriter` writes networks of Dense/Conv layers in this layout (what
+``nfn-lab zoo build cnn --small-cnn-zoo-layout`` writes), atomically.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
+import gzip
+import io
 import json
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
+from nfn_lab.data.staging import StagedDirectory
 from nfn_lab.data.zoo import Transform, ZooDataModule, ZooDataset
-from nfn_lab.weightspace import NetworkSpec
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
     "KerasLayer",
     "SmallCNNZooDataModule",
     "SmallCNNZooDataset",
+    "SmallCNNZooWriter",
     "network_spec_from_layout",
     "nfn_split",
     "read_layout",
@@ -75,7 +84,7 @@ _FOLDER_HINT = (
 )
 _SCAN_ROWS = 2048  # rows per chunk of the non-finite scan (about 40 MB for the public zoos)
 
-Step = Union[int, str, None]
+Step = int | str | None
 
 
 # --- layout.csv -> layers and network spec ---------------------------------------------------------
@@ -268,7 +277,7 @@ class _RowReader:
         return self._fd
 
     def _read_into(self, out: np.ndarray, first_row: int) -> None:
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         offset = self.offset + first_row * self.num_columns * self.dtype.itemsize
         done = 0
         while done < len(view):
@@ -594,3 +603,154 @@ class SmallCNNZooDataModule(ZooDataModule):
             "splits": {split: len(datamodule.make_dataset(split, None)) for split in datamodule.splits},
             "targets": [c for c in columns if not c.startswith("config.") and c not in ("modeldir", "step")],
         }
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+_KERAS_KINDS = {2: "dense", 3: "conv1d", 4: "conv2d", 5: "conv3d"}  # by the weight's axes (all a spec allows)
+
+
+def _keras_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """PyTorch ``(n_out, n_in, *filter)`` -> Keras ``(*filter, n_in, n_out)``; biases unchanged."""
+    return shape if len(shape) == 1 else (*shape[2:], shape[1], shape[0])
+
+
+def _keras_variables(spec: NetworkSpec) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    """``(varname, start_idx, end_idx, keras_shape)`` per variable: per layer the bias, then the kernel.
+
+    Layers are named as Keras names them in a ``Sequential`` (``sequential/conv2d``,
+    ``sequential/conv2d_1``, ..., ``sequential/dense``).
+    """
+    variables, start, seen = [], 0, dict.fromkeys(_KERAS_KINDS.values(), 0)
+    for weight, bias in zip(spec.weight_spec, spec.bias_spec):
+        kind = _KERAS_KINDS[len(weight.shape)]
+        layer = f"sequential/{kind}" + (f"_{seen[kind]}" if seen[kind] else "")
+        seen[kind] += 1
+        for leaf, shape in (("bias", tuple(bias.shape)), ("kernel", _keras_shape(tuple(weight.shape)))):
+            variables.append((f"{layer}/{leaf}:0", start, start + math.prod(shape), shape))
+            start += math.prod(shape)
+    return variables
+
+
+def _keras_rows(wsfeat: WeightSpaceFeatures) -> np.ndarray:
+    """``weights[i]: (R, 1, n_out, n_in, *filter)``, ``biases[i]: (R, 1, n_out)`` -> Keras rows ``(R, columns)``."""
+    parts = []
+    for weight, bias in wsfeat:
+        kernel = rearrange(weight[:, 0], "r o i ... -> r ... i o")  # Keras kernel (R, *filter, n_in, n_out)
+        parts += [bias[:, 0], kernel.flatten(1)]  # bias first, as in Keras's variable order
+    return torch.cat(parts, dim=1).detach().cpu().numpy().astype(np.float32)
+
+
+class SmallCNNZooWriter:
+    """Writes ``weights.npy``, ``layout.csv`` and ``metrics.csv.gz`` of a Small CNN Zoo folder, atomically.
+
+    Rows go straight into ``weights.npy`` (a memory-mapped file of ``num_rows`` rows) and
+    ``metrics.csv.gz`` as they are added; :meth:`close` renames the folder into place (see
+    :mod:`nfn_lab.data.staging`). The same rows give byte-identical files. Use as a context
+    manager: an exception inside the ``with`` block discards everything.
+
+    Args:
+        folder: the folder to create (missing or empty).
+        network_spec: the networks' spec, all sizes set; Dense and Conv1D/2D/3D layers.
+        num_rows: the checkpoints that will be added (the rows of ``weights.npy``).
+
+    Raises:
+        FileExistsError: ``folder`` is not empty.
+    """
+
+    def __init__(self, folder: str | os.PathLike, network_spec: NetworkSpec, num_rows: int) -> None:
+        self.network_spec, self.num_rows, self.rows_written = network_spec, num_rows, 0
+        self._variables = _keras_variables(network_spec)
+        self._staged = StagedDirectory(folder)
+        try:
+            self._write_layout()
+            shape = (num_rows, self._variables[-1][2])
+            self._weights = np.lib.format.open_memmap(self._staged.path / WEIGHTS, "w+", np.float32, shape)
+            # mtime=0: the same rows give byte-identical files.
+            self._text = io.TextIOWrapper(gzip.GzipFile(self._staged.path / METRICS, "wb", mtime=0), newline="")
+        except BaseException:
+            self._staged.abort()
+            raise
+        self._metrics: csv.DictWriter | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self._staged.root
+
+    def _write_layout(self) -> None:
+        with open(self._staged.path / LAYOUT, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["varname", "start_idx", "end_idx", "size", "shape"])
+            for name, start, end, shape in self._variables:
+                writer.writerow([name, start, end, end - start, str(shape)])
+
+    def add(self, wsfeat: WeightSpaceFeatures, metrics: Sequence[Mapping[str, Any]]) -> None:
+        """Appends ``R`` checkpoints: ``weights[i]: (R, 1, n_out, n_in, *filter)``, ``biases[i]: (R, 1, n_out)``.
+
+        Args:
+            wsfeat: the networks in PyTorch layout.
+            metrics: one ``metrics.csv.gz`` record per network, the same keys each time
+                (e.g. ``config.*`` hyperparameters, ``modeldir``, ``step``, ``test_accuracy``).
+
+        Raises:
+            ValueError: on a shape mismatch, a record count other than ``R``, other keys than
+                the first record's, or more rows than ``num_rows``.
+        """
+        self.network_spec.check_features(wsfeat, channels=1, where="SmallCNNZooWriter.add")
+        num = wsfeat.batch_size
+        if len(metrics) != num:
+            raise ValueError(f"got {len(metrics)} metrics records for {num} networks; give one per network.")
+        if self.rows_written + num > self.num_rows:
+            raise ValueError(f"adding {num} rows would exceed the {self.num_rows} rows this writer was opened for.")
+        if num == 0:
+            return
+        if self._metrics is None:
+            self._metrics = csv.DictWriter(self._text, fieldnames=list(metrics[0]))
+            self._metrics.writeheader()
+        expected = list(self._metrics.fieldnames)
+        wrong = next((list(record) for record in metrics if list(record) != expected), None)
+        if wrong is not None:
+            raise ValueError(f"a metrics record has keys {wrong}; every record needs {expected}.")
+        self._weights[self.rows_written : self.rows_written + num] = _keras_rows(wsfeat)
+        self._metrics.writerows(metrics)
+        self.rows_written += num
+
+    def close(self) -> Path:
+        """Renames the finished folder into place; returns it.
+
+        Raises:
+            ValueError: fewer rows were added than ``num_rows`` (nothing is written).
+        """
+        try:
+            if self.rows_written != self.num_rows:
+                raise ValueError(
+                    f"{self.rows_written} rows were added but the writer was opened for {self.num_rows}; nothing "
+                    "was written."
+                )
+            self._text.close()  # closes the gzip stream too
+            self._weights.flush()
+            self._staged.commit()
+        except BaseException:
+            self.abort()
+            raise
+        return self.folder
+
+    def abort(self) -> None:
+        """Discards everything written; the destination is left as it was."""
+        try:
+            if not self._text.closed:
+                self._text.close()
+        finally:
+            self._staged.abort()
+
+    def __enter__(self) -> SmallCNNZooWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"SmallCNNZooWriter(folder={str(self.folder)!r}, rows={self.rows_written}/{self.num_rows})"

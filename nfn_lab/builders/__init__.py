@@ -9,8 +9,8 @@
 Both train many networks at once (``torch.func`` over stacked parameters), are
 deterministic given their configuration, save finished chunks in ``<OUT>.work`` so an
 interrupted build resumes where it stopped, and write the zoo atomically in nfn-lab's
-Arrow format (:class:`nfn_lab.data.arrow_format.ZooWriter`) with a ``README.md`` card
-and ``zoo.json`` recording how it was made. The command line is :mod:`nfn_lab.cli.build`.
+Arrow format through the format's writer (:class:`datamodules.arrow_zoo.ZooWriter`), with a
+``README.md`` card and ``zoo.json`` recording how it was made. The command line is :mod:`nfn_lab.cli.build`.
 """
 
 from nfn_lab.builders.cnn_zoo import CNNZooConfig, build_cnn_zoo

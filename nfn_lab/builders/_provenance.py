@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 __all__ = ["summarize"]
 
 
-def summarize(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> dict[str, object]:
+def summarize(values: Sequence[float] | np.ndarray, edges: Sequence[float] | np.ndarray) -> dict[str, object]:
     """Quantiles and a histogram of ``values``, as plain JSON/YAML values.
 
     Args:
@@ -21,12 +22,13 @@ def summarize(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> d
         histogram maps ``"[lo, hi)"`` (``"[lo, hi]"`` for the last bin) to a count.
     """
     x = np.asarray(values, dtype=np.float64)
-    edges = np.asarray(edges, dtype=np.float64)
+    bounds = np.asarray(edges, dtype=np.float64)
     counts = np.bincount(
-        np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2), minlength=len(edges) - 1
+        np.clip(np.searchsorted(bounds, x, side="right") - 1, 0, len(bounds) - 2), minlength=len(bounds) - 1
     )
     names = [
-        f"[{lo:g}, {hi:g}{']' if i == len(edges) - 2 else ')'}" for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+        f"[{lo:g}, {hi:g}{']' if i == len(bounds) - 2 else ')'}"
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
     ]
     stats = {"count": int(x.size)}
     if x.size:

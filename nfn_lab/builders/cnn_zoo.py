@@ -21,7 +21,8 @@ channels-last map holding every network's channels (:func:`grouped_forward`) and
 :class:`~nfn_lab.builders._optim.StackedOptimizer`,
 so networks with different optimizers and learning rates train together. Chunks are saved
 as they finish (see :mod:`nfn_lab.builders._resumable`); the zoo is written at the end with
-:class:`nfn_lab.data.arrow_format.ZooWriter`.
+:class:`datamodules.arrow_zoo.ZooWriter` (and, on request, in the Small CNN Zoo's own layout with
+:class:`datamodules.small_cnn_zoo.SmallCNNZooWriter`).
 
 Determinism: hyperparameters, initial weights and training subsets come from generators
 keyed by ``(seed, network_id)``; minibatch order and dropout masks from one generator per
@@ -31,9 +32,6 @@ the same zoo, resumed or not.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import itertools
 import math
 from collections.abc import Sequence
@@ -44,15 +42,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
+from datamodules.arrow_zoo import ZooWriter
+from datamodules.small_cnn_zoo import SmallCNNZooWriter
 from nfn_lab._fast_math import tanh
 from nfn_lab.builders._optim import OPTIMIZERS, StackedOptimizer
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
-from nfn_lab.data.arrow_format import StagedDirectory, ZooWriter, check_destination
+from nfn_lab.data.arrow_container import SPLITS
+from nfn_lab.data.staging import check_destination
 from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 
@@ -65,7 +65,6 @@ __all__ = [
     "init_network",
     "sample_hyperparameters",
     "small_cnn",
-    "to_keras_rows",
     "train_chunk",
 ]
 
@@ -103,7 +102,7 @@ def _shared_first_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
     One matrix product of the images' 3x3 patches ``(B * S/2 * S/2, 9)`` with all ``N * 16``
     kernels (``weight: (N * 16, 1, 3, 3)``), in channels-last memory; oneDNN's convolution with
-    one input and many output channels is about 15x slower.
+    one input and many output channels is much slower (benchmarks/bench_builders.py).
     """
     side = (x.shape[-1] + 1) // 2
     patches = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2)  # (B, side * side, 9), positions row-major
@@ -244,7 +243,6 @@ def init_network(hparams: dict[str, Any], generator: torch.Generator) -> list[Te
 # --- configuration ------------------------------------------------------------------------
 
 TARGETS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -529,39 +527,6 @@ def _write_arrow(
 # --- the Small CNN Zoo's file layout ------------------------------------------------------------------
 
 SMALL_CNN_ZOO_FOLDER = "small_cnn_zoo"
-_KERAS_LAYERS = ("sequential/conv2d", "sequential/conv2d_1", "sequential/conv2d_2", "sequential/dense")
-
-
-def _keras_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """PyTorch ``(n_out, n_in, *filter)`` -> Keras ``(*filter, n_in, n_out)``; biases unchanged."""
-    return shape if len(shape) == 1 else (*shape[2:], shape[1], shape[0])
-
-
-def _keras_variables() -> list[tuple[str, int, int, tuple[int, ...]]]:
-    """``(varname, start_idx, end_idx, keras_shape)`` per variable: per layer the bias, then the kernel."""
-    variables, start = [], 0
-    for layer, j in zip(_KERAS_LAYERS, range(0, len(PARAM_SHAPES), 2)):
-        for kind, shape in (("bias", PARAM_SHAPES[j + 1]), ("kernel", _keras_shape(PARAM_SHAPES[j]))):
-            variables.append((f"{layer}/{kind}:0", start, start + math.prod(shape), shape))
-            start += math.prod(shape)
-    return variables
-
-
-def to_keras_rows(params: Sequence[Tensor]) -> np.ndarray:
-    """Arrays of :data:`PARAM_SHAPES` ``(R, *shape)`` -> flattened Keras rows ``(R, 4970)`` float32."""
-    parts = []
-    for weight, bias in zip(params[0::2], params[1::2]):
-        kernel = rearrange(weight, "r o i ... -> r ... i o")  # Keras kernel (R, *filter, n_in, n_out)
-        parts += [bias, kernel.flatten(1)]  # bias first, as in Keras's variable order
-    return torch.cat(parts, dim=1).numpy().astype(np.float32)
-
-
-def _write_layout_csv(path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["varname", "start_idx", "end_idx", "size", "shape"])
-        for name, start, end, shape in _keras_variables():
-            writer.writerow([name, start, end, end - start, str(shape)])
 
 
 def _metrics_rows(nid: int, metrics: dict[str, Tensor], plan: _Plan, config: CNNZooConfig) -> list[dict[str, Any]]:
@@ -590,35 +555,19 @@ def _metrics_rows(nid: int, metrics: dict[str, Tensor], plan: _Plan, config: CNN
 def _write_small_cnn_zoo(
     folder: Path, checkpoints: _Checkpoints, plan: _Plan, ids: Sequence[int], config: CNNZooConfig
 ) -> None:
-    """Writes ``weights.npy``, ``layout.csv``, ``metrics.csv.gz`` (rows: by network id, then step), atomically."""
-    staged = StagedDirectory(folder)
-    try:
-        _write_layout_csv(staged.path / "layout.csv")
-        num_rows, num_columns = len(ids) * len(config.steps), sum(math.prod(s) for s in PARAM_SHAPES)
-        weights = np.lib.format.open_memmap(staged.path / "weights.npy", "w+", np.float32, (num_rows, num_columns))
-        # mtime=0: the same zoo gives byte-identical files.
-        with (
-            gzip.GzipFile(staged.path / "metrics.csv.gz", "wb", mtime=0) as raw,
-            io.TextIOWrapper(raw, newline="") as text,
-        ):
-            writer = None
-            for start in range(0, len(ids), _WRITE_GROUP):
-                group = ids[start : start + _WRITE_GROUP]
-                rows = to_keras_rows([p.flatten(0, 1) for p in checkpoints.params(group)])  # (G*K, 4970)
-                weights[start * len(config.steps) : start * len(config.steps) + len(rows)] = rows
-                metrics = checkpoints.metrics(group)  # per target (G, K)
-                for g, nid in enumerate(group):
-                    records = _metrics_rows(nid, {name: m[g] for name, m in metrics.items()}, plan, config)
-                    if writer is None:
-                        writer = csv.DictWriter(text, fieldnames=list(records[0]))
-                        writer.writeheader()
-                    writer.writerows(records)
-        weights.flush()
-        del weights
-        staged.commit()
-    except BaseException:
-        staged.abort()
-        raise
+    """The Small CNN Zoo's ``weights.npy``, ``layout.csv``, ``metrics.csv.gz``; rows by network id, then step."""
+    spec = network_spec_from_module(small_cnn())
+    with SmallCNNZooWriter(folder, spec, len(ids) * len(config.steps)) as writer:
+        for start in range(0, len(ids), _WRITE_GROUP):
+            group = ids[start : start + _WRITE_GROUP]
+            rows = [p.flatten(0, 1).unsqueeze(1) for p in checkpoints.params(group)]  # (G*K, 1, *shape)
+            metrics = checkpoints.metrics(group)  # per target (G, K)
+            records = [
+                record
+                for g, nid in enumerate(group)
+                for record in _metrics_rows(nid, {name: m[g] for name, m in metrics.items()}, plan, config)
+            ]
+            writer.add(WeightSpaceFeatures(rows[0::2], rows[1::2]), records)
 
 
 # --- the builder --------------------------------------------------------------------------------------
@@ -664,7 +613,7 @@ def build_cnn_zoo(
 
     Args:
         out: the zoo folder to create (nfn-lab's Arrow format, see
-            :mod:`nfn_lab.data.arrow_format`); rows are checkpoints, split by network.
+            docs/formats.md); rows are checkpoints, split by network.
         config: what to build.
         overwrite: replace an existing zoo at ``out`` (and discard a work folder of
             another configuration).

@@ -11,11 +11,12 @@ Images come from scikit-learn's bundled 8x8 digits (default: no download), a fol
 one subfolder per label (PNG/JPG/..., read with Pillow), or a ``.pt`` file holding
 ``{"images": (N, C, H, W), "labels": (N,)}``. By default the SIRENs fit the images at
 their own resolution: 8x8 for the digits, where every pixel is data (``size=28`` upsamples
-them bilinearly to the MNIST zoos' grid, at about 12x the cost and with no new detail).
+them bilinearly to the MNIST zoos' grid, at a far higher cost and with no new detail).
 
 The defaults (300 full-batch Adam steps, learning rate 1e-3) fit the 8x8 digits exactly
 with the ``"nfn"`` variant (PSNR at its 120 dB cap); the ``"dwsnets"`` variant, whose first
-layer starts at low frequencies, reaches about 27-67 dB (median 38) in 300 steps.
+layer starts at low frequencies, fits them less closely in as many steps (each row's ``psnr``
+target records how closely).
 
 Splits are by image (a seeded shuffle, 80/10/10 by default); as in the NFN zoos,
 ``augmented_copies`` extra SIRENs from other random initializations are fit to each
@@ -45,17 +46,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.arrow_zoo import ZooWriter
 from nfn_lab.builders._provenance import summarize
 from nfn_lab.builders._resumable import Advance, ChunkStore, FinishedChunks, derive_seed, run_chunks
 from nfn_lab.conversion import network_spec_from_module
-from nfn_lab.data.arrow_format import ZooWriter, check_destination
-from nfn_lab.siren import Siren, StackedSirenFit
+from nfn_lab.data.arrow_container import SPLITS
+from nfn_lab.data.staging import check_destination
+from nfn_lab.siren import Siren, SirenVariant, StackedSirenFit
 from nfn_lab.weightspace import WeightSpaceFeatures
 
 __all__ = ["TARGETS", "INRZooConfig", "ImageSet", "build_inr_zoo", "load_images", "psnr"]
 
 TARGETS = ("label", "psnr")
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _STREAM_INIT, _STREAM_SPLIT = range(2)
 
@@ -131,13 +133,14 @@ def _image_folder(root: Path, size: int | None) -> ImageSet:
     strays = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if strays or not folders:
-        found = f"images directly in it ({', '.join(strays[:3])}...)" if strays else "no subfolders"
+        seen = f"images directly in it ({', '.join(strays[:3])}...)" if strays else "no subfolders"
         raise ValueError(
-            f"{root}: expected one subfolder per label (e.g. {root}/3/img001.png), found {found}; move each image "
+            f"{root}: expected one subfolder per label (e.g. {root}/3/img001.png), found {seen}; move each image "
             "into the folder named after its label."
         )
     numeric = all(p.name.isdigit() for p in folders)  # folders 0..9 keep their numbers as labels
-    files, labels = [], []
+    files: list[Path] = []
+    labels: list[int] = []
     for index, folder in enumerate(sorted(folders, key=lambda p: int(p.name) if numeric else p.name)):
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
@@ -224,7 +227,7 @@ class INRZooConfig:
         split_fractions: fractions of the images in the train/val/test splits.
     """
 
-    variant: str = "nfn"
+    variant: SirenVariant = "nfn"
     augmented_copies: int = 0
     steps: int = 300
     lr: float = 1e-3
@@ -263,7 +266,7 @@ def _work_items(splits: dict[str, np.ndarray], num_images: int, copies: int) -> 
 # --- fitting ----------------------------------------------------------------------------------------
 
 
-def psnr(rendered: Tensor, target: Tensor, variant: str) -> Tensor:
+def psnr(rendered: Tensor, target: Tensor, variant: SirenVariant) -> Tensor:
     """PSNR in dB per image ``(N,)`` of ``(N, C, S, S)`` renderings, on [0, 1] pixel scale (peak 1).
 
     An exact fit (mean squared error below 1e-12) counts as 120 dB.
@@ -273,12 +276,12 @@ def psnr(rendered: Tensor, target: Tensor, variant: str) -> Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
-def _targets(images: Tensor, variant: str) -> Tensor:
+def _targets(images: Tensor, variant: SirenVariant) -> Tensor:
     """Pixels in [0, 1] -> what the variant's SIRENs output: [-1, 1] for ``"nfn"``, [0, 1] for ``"dwsnets"``."""
     return images * 2 - 1 if variant == "nfn" else images
 
 
-def init_sirens(variant: str, channels: int, seeds: Sequence[int]) -> list[Tensor]:
+def init_sirens(variant: SirenVariant, channels: int, seeds: Sequence[int]) -> list[Tensor]:
     """Stacked initial parameters ``W(1), b(1), W(2), ...`` each ``(N, ...)``, one SIREN per seed.
 
     Each SIREN is :class:`nfn_lab.siren.Siren`'s own initialization drawn with the global

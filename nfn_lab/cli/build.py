@@ -115,8 +115,8 @@ def _run(args: argparse.Namespace, command: str) -> Path:
     if args.builder == "cnn":
         from nfn_lab.builders.cnn_zoo import CNNZooConfig, build_cnn_zoo
 
-        config = CNNZooConfig(args.num_networks, args.seed, args.steps, args.batch_size, args.chunk_size)
-        return build_cnn_zoo(args.out, config, small_cnn_zoo_layout=args.small_cnn_zoo_layout, **common)
+        cnn_config = CNNZooConfig(args.num_networks, args.seed, args.steps, args.batch_size, args.chunk_size)
+        return build_cnn_zoo(args.out, cnn_config, small_cnn_zoo_layout=args.small_cnn_zoo_layout, **common)
     from nfn_lab.builders.inr_zoo import INRZooConfig, build_inr_zoo
 
     config = INRZooConfig(args.variant, args.augmented_copies, args.steps, args.lr, args.seed, args.chunk_size)

@@ -6,30 +6,29 @@ Subcommands::
     nfn-lab zoo convert SRC DST [--format NAME] [--arg KEY=VALUE ...] [--parquet] [--overwrite]
     nfn-lab zoo build BUILDER ...      (nfn_lab.cli.build)
 
-Formats are discovered, not registered: every concrete
-:class:`~nfn_lab.data.zoo.ZooDataModule` subclass in a module of the ``datamodules``
-package is a format named after its module (``small_cnn_zoo``, ``nfn_siren``, ...; a
-module with several such classes names them ``module:Class``). ``--format`` also takes
-a class path ``package.module.Class``, so a zoo format in another package needs no
-change here. Automatic detection asks each format's ``detect(root)``; ``info`` prints
-its ``describe(root)``. Importing lightning and the formats happens only when a
-subcommand needs them.
+Formats are those of the registry :mod:`nfn_lab.data.formats`: the built-in ones
+(``arrow_zoo``, ``small_cnn_zoo``, ``nfn_siren``, ``dwsnets_inr``), those other packages
+declare as entry points (group ``nfn_lab.zoo_formats``) and those registered with
+``register_format``. ``--format`` takes a registered name or a class path
+``package.module.Class``. Automatic detection asks each format's ``detect(root)``;
+``info`` prints its ``describe(root)``. Importing lightning and the formats happens only
+when a subcommand needs them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["build_parser", "convert", "disk_size", "main", "resolve_format", "zoo_formats"]
+if TYPE_CHECKING:
+    from nfn_lab.data.zoo import ZooDataModule
+
+__all__ = ["build_parser", "convert", "disk_size", "main", "resolve_format"]
 
 
 class ZooCLIError(Exception):
@@ -37,62 +36,34 @@ class ZooCLIError(Exception):
 
 
 # --- formats --------------------------------------------------------------------------------------------
-def zoo_formats(package: str = "datamodules") -> dict[str, type]:
-    """Format name -> ZooDataModule subclass, for every module of ``package``.
-
-    A module that fails to import is skipped with a warning on stderr.
-    """
-    from nfn_lab.data.zoo import ZooDataModule
-
-    found: dict[str, type] = {}
-    for module_info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        name = f"{package}.{module_info.name}"
-        try:
-            module = importlib.import_module(name)
-        except Exception as err:  # one broken format must not hide the others
-            print(f"nfn-lab zoo: warning: skipping {name} ({type(err).__name__}: {err})", file=sys.stderr)
-            continue
-        classes = [
-            obj
-            for obj in vars(module).values()
-            if inspect.isclass(obj)
-            and issubclass(obj, ZooDataModule)
-            and obj.__module__ == module.__name__
-            and not inspect.isabstract(obj)
-        ]
-        for cls in classes:
-            found[module_info.name if len(classes) == 1 else f"{module_info.name}:{cls.__name__}"] = cls
-    return found
+def _report_broken(name: str, err: Exception) -> None:
+    print(f"nfn-lab zoo: warning: skipping format {name!r} ({type(err).__name__}: {err})", file=sys.stderr)
 
 
-def _import_class(path: str) -> type:
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ZooCLIError(f"cannot import the format class {path!r} ({err}).") from None
-
-
-def resolve_format(root: Path, name: str = "auto") -> tuple[str, type]:
+def resolve_format(root: Path, name: str = "auto") -> tuple[str, type[ZooDataModule]]:
     """The format of ``root``: ``name`` if given (a format name or class path), else the one that detects it."""
-    if name != "auto" and "." in name:
-        return name, _import_class(name)
-    formats = zoo_formats()
-    known = ", ".join(sorted(formats)) or "none found"
+    from nfn_lab.data import formats
+
     if name != "auto":
-        if name not in formats:
+        try:
+            return name, formats.format_class(name)
+        except KeyError:
+            known = ", ".join(formats.format_names())
             raise ZooCLIError(
                 f"unknown format {name!r}; known formats: {known} (or a class path package.module.Class)."
-            )
-        return name, formats[name]
-    matches = [n for n, cls in formats.items() if cls.detect(root)]
+            ) from None
+        except ImportError as err:
+            raise ZooCLIError(str(err)) from None
+    found = formats.zoo_formats(on_error=_report_broken)
+    known = ", ".join(found) or "none found"
+    matches = [n for n, cls in found.items() if cls.detect(root)]
     if not matches:
         raise ZooCLIError(
             f"{root} is not a zoo in any known format ({known}); pass --format if its files are named unusually."
         )
     if len(matches) > 1:
         raise ZooCLIError(f"{root} looks like several formats ({', '.join(matches)}); choose one with --format.")
-    return matches[0], formats[matches[0]]
+    return matches[0], found[matches[0]]
 
 
 def _existing(path: str) -> Path:
@@ -193,7 +164,8 @@ def convert(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from nfn_lab.data.arrow_format import ZooWriter, check_destination
+    from datamodules.arrow_zoo import ZooWriter
+    from nfn_lab.data.staging import check_destination
     from nfn_lab.weightspace import collate
 
     root = _existing(os.fspath(src))
@@ -204,7 +176,8 @@ def convert(
     try:
         for split in datamodule.splits:
             dataset = datamodule.make_dataset(split, None)
-            metadata_columns = tuple(getattr(dataset, "metadata_columns", ()))
+            read_metadata = getattr(dataset, "read_metadata", None)
+            metadata_columns = tuple(getattr(dataset, "metadata_columns", ())) if read_metadata else ()
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)  # in order: source_index
             done = 0
             with tqdm(total=len(dataset), desc=f"{split}", unit="net", disable=not progress) as bar:
@@ -228,8 +201,8 @@ def convert(
                         )
                     indices = list(range(done, done + feats.batch_size))
                     metadata = {"source_index": indices} if "source_index" not in metadata_columns else {}
-                    if metadata_columns:
-                        metadata.update(dataset.read_metadata(indices))
+                    if metadata_columns and read_metadata is not None:
+                        metadata.update(read_metadata(indices))
                     writer.add(split, feats, targets, metadata)
                     done += feats.batch_size
                     bar.update(feats.batch_size)
@@ -298,10 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nfn-lab zoo`` with ``argv`` (default: ``sys.argv[2:]``); returns the exit status."""
     argv = list(sys.argv[2:] if argv is None else argv)
-    if argv[:1] == ["build"]:  # forwarded whole: argparse's REMAINDER drops a leading option such as --help
-        args = argparse.Namespace(func=_build, rest=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
+    # `build` is forwarded whole: argparse's REMAINDER drops a leading option such as --help.
+    forward = argv[:1] == ["build"]
+    args = argparse.Namespace(func=_build, rest=argv[1:]) if forward else build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ZooCLIError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:

@@ -38,7 +38,7 @@ def zoo_cache_path(root: str | os.PathLike, name: str) -> Path:
     return root / CACHE_DIR_NAME / name if os.access(root, os.W_OK) else default_cache_dir() / name
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Calls ``write(tmp)`` on a unique temporary file beside ``path``, then renames it to ``path``.
 
     An interrupted write leaves no file at ``path`` (a stray ``*.tmp*`` at most), and

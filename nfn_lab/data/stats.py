@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -105,7 +105,9 @@ def compute_weight_stats(batches: Iterable, progress: bool = True) -> WeightStat
     return WeightStats(list(wm), list(ws), list(bm), list(bs), networks)
 
 
-def cached_weight_stats(root: str | os.PathLike, key: str, compute: callable, progress: bool = True) -> WeightStats:
+def cached_weight_stats(
+    root: str | os.PathLike, key: str, compute: Callable[[], Iterable], progress: bool = True
+) -> WeightStats:
     """Loads statistics cached beside the zoo (see :mod:`nfn_lab.data.cache`), else computes and saves them.
 
     Args:

@@ -161,7 +161,8 @@ class EpochBatchSampler(torch.utils.data.BatchSampler):
             self.sampler.set_epoch(epoch)
 
 
-def _unwrap(batch: Item) -> Item:
+def _unwrap(batch: Any) -> Item:
+    """The collate function of a loader with ``batch_size=None``: the batch is already one item."""
     return batch
 
 
@@ -306,7 +307,7 @@ class ZooDataModule(L.LightningDataModule, ABC):
         builds the DataModule with its default arguments and reports the spec and the
         split sizes; override it to report more or to avoid opening the splits.
         """
-        datamodule = cls(root)  # type: ignore[call-arg]  # subclasses take root first
+        datamodule = cls(root)
         splits = {split: len(datamodule.make_dataset(split, None)) for split in datamodule.splits}
         return {"format": cls.__name__, "network_spec": datamodule.network_spec, "splits": splits}
 
@@ -366,9 +367,11 @@ class ZooDataModule(L.LightningDataModule, ABC):
         one by one and collated.
         """
         dataset = self.split_dataset(split)
-        kwargs: dict[str, Any] = dict(
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0
-        )
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
         normalizer = self._normalizer()
         view = BatchedZooView(dataset, None if normalizer is None else functools.partial(normalizer, lead=2))
         if not train:
@@ -399,4 +402,5 @@ class ZooDataModule(L.LightningDataModule, ABC):
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(d)}" for s, d in self.datasets.items())
-        return f"{type(self).__name__}(root={str(self.root)!r}, batch_size={self.batch_size}{', ' + sizes if sizes else ''})"
+        sizes = f", {sizes}" if sizes else ""
+        return f"{type(self).__name__}(root={str(self.root)!r}, batch_size={self.batch_size}{sizes})"

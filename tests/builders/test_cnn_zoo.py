@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.arrow_zoo import batch_to_tensors
 from datamodules.small_cnn_zoo import SmallCNNZooDataset
 from nfn_lab import _fast_math
 from nfn_lab.builders import cnn_zoo
@@ -25,7 +26,8 @@ from nfn_lab.builders.cnn_zoo import (
     small_cnn,
 )
 from nfn_lab.conversion import module_to_wsfeat, wsfeat_to_modules
-from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
+from nfn_lab.data.arrow_container import open_zoo
+from nfn_lab.data.card import read_zoo_info
 from nfn_lab.digits import load_digits_split
 from nfn_lab.weightspace import WeightSpaceFeatures
 

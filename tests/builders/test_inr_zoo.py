@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.arrow_zoo import batch_to_tensors
 from nfn_lab.builders import inr_zoo
 from nfn_lab.builders.inr_zoo import ImageSet, INRZooConfig, build_inr_zoo, init_sirens, load_images, psnr
-from nfn_lab.data.arrow_format import batch_to_tensors, open_zoo, read_zoo_info
+from nfn_lab.data.arrow_container import open_zoo
+from nfn_lab.data.card import read_zoo_info
 from nfn_lab.siren import Siren, render
 from nfn_lab.weightspace import WeightSpaceFeatures
 
@@ -74,14 +76,14 @@ def test_image_folder_with_one_subfolder_per_label(tmp_path: Path) -> None:
     assert load_images(tmp_path, size=4).images.shape == (4, 1, 4, 4)
 
     image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "stray.png")
-    with pytest.raises(ValueError, match="one subfolder per label.*stray.png"):
+    with pytest.raises(ValueError, match=r"one subfolder per label.*stray.png"):
         load_images(tmp_path)
     (tmp_path / "stray.png").unlink()
     image.fromarray(np.zeros((5, 7), dtype=np.uint8)).save(tmp_path / "3" / "wide.png")
-    with pytest.raises(ValueError, match="not all square of one size.*--size"):
+    with pytest.raises(ValueError, match=r"not all square of one size.*--size"):
         load_images(tmp_path)
     (tmp_path / "3" / "wide.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="wide.png: not a readable image"):
+    with pytest.raises(ValueError, match=r"wide.png: not a readable image"):
         load_images(tmp_path)
 
 
@@ -93,7 +95,7 @@ def test_tensor_file(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.images, images.float() / 255)
     assert loaded.labels.tolist() == [0, 1, 2, 3, 4]
     torch.save({"images": torch.rand(5, 2, 4, 4), "labels": torch.arange(5)}, path)
-    with pytest.raises(ValueError, match="images.pt: images must be a tensor \\(N, C, H, W\\) with C = 1 or 3"):
+    with pytest.raises(ValueError, match=r"images.pt: images must be a tensor \(N, C, H, W\) with C = 1 or 3"):
         load_images(path)
     torch.save((torch.rand(5, 1, 4, 4) * 3, torch.arange(5)), path)
     with pytest.raises(ValueError, match="uint8 \\(0-255\\) or finite floats in \\[0, 1\\]"):
@@ -170,7 +172,7 @@ def test_refuses_a_non_empty_output_unless_overwrite(tmp_path: Path, digits: Ima
     few = ImageSet(digits.images[:2], digits.labels[:2], "digits[:2]", digits.class_names)
     config = INRZooConfig(steps=0, split_fractions=(1, 0, 0))
     out = build_inr_zoo(tmp_path / "zoo", config, few, progress=False)
-    with pytest.raises(FileExistsError, match="not empty.*overwrite"):
+    with pytest.raises(FileExistsError, match=r"not empty.*overwrite"):
         build_inr_zoo(out, config, few, progress=False)
     more = ImageSet(digits.images[:3], digits.labels[:3], "digits[:3]", digits.class_names)
     build_inr_zoo(out, config, more, overwrite=True, progress=False)

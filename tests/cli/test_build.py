@@ -9,7 +9,7 @@ import torch
 
 from nfn_lab.cli import build as cli
 from nfn_lab.cli import main
-from nfn_lab.data.arrow_format import read_zoo_info
+from nfn_lab.data.card import read_zoo_info
 
 
 @pytest.fixture(autouse=True)

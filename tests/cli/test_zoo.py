@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 from datamodules.arrow_zoo import ArrowZooDataModule
 from nfn_lab import cli
 from nfn_lab.cli import zoo as zoo_cli
-from nfn_lab.data.arrow_format import read_zoo_info, zoo_layout
+from nfn_lab.data import formats
+from nfn_lab.data.arrow_container import zoo_layout
+from nfn_lab.data.card import read_zoo_info
 from nfn_lab.data.zoo import ZooDataModule
 from nfn_lab.weightspace import collate
 from tests.data.arrow_zoo.generate import METADATA, GeneratedArrowZoo, generate
@@ -59,11 +61,13 @@ def test_info_describes_an_arrow_zoo(zoo, capsys) -> None:
     assert info["size_on_disk"] == sum(p.stat().st_size for p in zoo.root.rglob("*") if p.is_file())
 
 
-def test_formats_are_discovered_from_the_datamodules_package() -> None:
-    formats = zoo_cli.zoo_formats()
-    assert formats["arrow_zoo"] is ArrowZooDataModule
-    assert all(issubclass(cls, ZooDataModule) for cls in formats.values())
-    name, cls = zoo_cli.resolve_format(Path("."), "datamodules.arrow_zoo.ArrowZooDataModule")  # a class path
+def test_formats_come_from_the_registry(zoo, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(formats, "_registered", {})
+    formats.register_format("broken", "nowhere.Zoo")  # one broken format does not hide the others
+    status, out, err = run(capsys, "info", str(zoo.root))
+    assert status == 0 and "format_name: arrow_zoo" in out
+    assert "nfn-lab zoo: warning: skipping format 'broken' (ImportError: cannot import" in err
+    _, cls = zoo_cli.resolve_format(Path("."), "datamodules.arrow_zoo.ArrowZooDataModule")  # a class path
     assert cls is ArrowZooDataModule
 
 

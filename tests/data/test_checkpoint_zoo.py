@@ -41,7 +41,7 @@ def test_resolve_sets_free_sizes_from_a_checkpoint(files):
 
 def test_a_file_that_is_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match="list.pt: holds a list, not a state dict"):
+    with pytest.raises(ValueError, match=r"list.pt: holds a list, not a state dict"):
         load_checkpoint(tmp_path / "list.pt")
 
 
@@ -56,7 +56,7 @@ def test_array_cache_rows_and_pickling(files, tmp_path):
     copy = pickle.loads(pickle.dumps(cache))
     assert len(pickle.dumps(cache)) < 1000  # the memory map is reopened, not copied
     assert torch.equal(copy.read_rows(np.array([3, 1])), flat)
-    with pytest.raises(ValueError, match="array cache has shape .* delete the file"):
+    with pytest.raises(ValueError, match=r"array cache has shape .* delete the file"):
         ArrayCache(tmp_path / "cache.npy", layout.network_spec, 6).read_rows(np.array([0]))
 
 

@@ -52,7 +52,11 @@ def expected_split(written, split: str, aug_copies: int = AUG_COPIES) -> set[str
     out = set()
     for path in written:
         copy, _, idx = parse(str(path))
-        if (split == "train" and idx < SPLITS[0] and (copy is None or copy < aug_copies)) or (split == "val" and copy is None and SPLITS[0] <= idx < SPLITS[1]) or (split == "test" and copy is None and idx >= SPLITS[1]):
+        if (
+            (split == "train" and idx < SPLITS[0] and (copy is None or copy < aug_copies))
+            or (split == "val" and copy is None and SPLITS[0] <= idx < SPLITS[1])
+            or (split == "test" and copy is None and idx >= SPLITS[1])
+        ):
             out.add(str(path))
     return out
 

@@ -21,12 +21,13 @@ from datamodules import small_cnn_zoo
 from datamodules.small_cnn_zoo import (
     SmallCNNZooDataModule,
     SmallCNNZooDataset,
+    SmallCNNZooWriter,
     network_spec_from_layout,
     nfn_split,
 )
-from nfn_lab.conversion import module_to_wsfeat, wsfeat_to_modules
+from nfn_lab.conversion import module_to_wsfeat, network_spec_from_module, wsfeat_to_modules
 from nfn_lab.data import Normalize, RandomHiddenPermutation, RandomPositiveScale
-from nfn_lab.weightspace import NetworkSpec, collate
+from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
 from tests.data.small_cnn_zoo.generate import (
     GeneratedZoo,
     generate,
@@ -144,7 +145,7 @@ def test_network_spec_comes_from_layout_alone(zoo_copy):
             nn.Linear(4, 5),
             nn.ReLU(),
             nn.Linear(5, 2),
-        ),  # fmt: skip
+        ),
     ],
     ids=["conv1d", "conv3d+mlp"],
 )
@@ -258,7 +259,7 @@ def test_targets_are_any_metrics_columns(zoo):
     assert targets["config.learning_rate"].item() == pytest.approx(zoo.metrics["config.learning_rate"][row], rel=1e-6)
     with pytest.raises(ValueError, match=r"unknown target column\(s\) \['accuracy'\].*available: \[.*'test_accuracy'"):
         SmallCNNZooDataset(zoo.root, target="accuracy")
-    with pytest.raises(ValueError, match="'config.activation' .* is not numeric"):
+    with pytest.raises(ValueError, match=r"'config.activation' .* is not numeric"):
         SmallCNNZooDataset(zoo.root, target="config.activation")
 
 
@@ -362,7 +363,7 @@ def test_missing_file_is_named_with_the_expected_contents(zoo_copy, name):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(ValueError, match="missing weights.npy.*the folder does not exist"):
+    with pytest.raises(ValueError, match=r"missing weights.npy.*the folder does not exist"):
         SmallCNNZooDataModule(tmp_path / "nowhere").make_dataset("train", None)
 
 
@@ -430,14 +431,79 @@ def test_metrics_rows_must_match_weights_rows(zoo_copy, zoo):
 def test_truncated_weights_file(zoo_copy):
     data = (zoo_copy / "weights.npy").read_bytes()
     (zoo_copy / "weights.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="weights.npy: not a readable .npy array"):
+    with pytest.raises(ValueError, match=r"weights.npy: not a readable .npy array"):
         SmallCNNZooDataset(zoo_copy)
 
 
 def test_bad_index_csv(zoo, tmp_path):
     bad = tmp_path / "idx.csv"
     bad.write_text("0\n3\n999\n")
-    with pytest.raises(ValueError, match="idx.csv line 3: row index 999 is outside"):
+    with pytest.raises(ValueError, match=r"idx.csv line 3: row index 999 is outside"):
         SmallCNNZooDataset(zoo.root, index_csv=bad)
     with pytest.raises(ValueError, match="does not exist"):
         SmallCNNZooDataset(zoo.root, index_csv=tmp_path / "absent.csv")
+
+
+# --- the writer ---------------------------------------------------------------------------------
+
+
+def _rows(feats: WeightSpaceFeatures, rows: slice) -> WeightSpaceFeatures:
+    return WeightSpaceFeatures([w[rows] for w in feats.weights], [b[rows] for b in feats.biases])
+
+
+def _records(num: int, first: int = 0) -> list[dict]:
+    return [
+        {"config.seed": first + i, "modeldir": f"run_{first + i}", "step": 86, "test_accuracy": (first + i) / 10}
+        for i in range(num)
+    ]
+
+
+def test_writer_round_trip_through_the_reader(tmp_path) -> None:
+    modules = [small_cnn() for _ in range(5)]
+    feats = module_to_wsfeat(modules)  # (5, 1, ...)
+    spec = network_spec_from_module(small_cnn())
+    with SmallCNNZooWriter(tmp_path / "zoo", spec, num_rows=5) as writer:
+        writer.add(_rows(feats, slice(0, 3)), _records(3))
+        writer.add(_rows(feats, slice(3, 5)), _records(2, first=3))
+    folder = tmp_path / "zoo"
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "layout.csv").drop(columns="size"), keras_layout(modules[0]))
+    np.testing.assert_array_equal(np.load(folder / "weights.npy"), np.stack([keras_row(m) for m in modules]))
+    assert pd.read_csv(folder / "metrics.csv.gz").to_dict("records") == _records(5)
+    dataset = SmallCNNZooDataset(folder, split=None)
+    for i in range(5):
+        got, targets = dataset[i]
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip([*got.weights, *got.biases], [w[i] for w in feats.weights] + [b[i] for b in feats.biases])
+        )
+        assert targets["test_accuracy"].item() == pytest.approx(i / 10)
+
+
+def test_writer_files_are_byte_identical_for_the_same_rows(tmp_path) -> None:
+    feats = module_to_wsfeat([small_cnn() for _ in range(2)])
+    spec = network_spec_from_module(small_cnn())
+    for name in ("a", "b"):
+        with SmallCNNZooWriter(tmp_path / name, spec, num_rows=2) as writer:
+            writer.add(feats, _records(2))
+    for file in ("weights.npy", "layout.csv", "metrics.csv.gz"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_writer_rejects_bad_input_and_writes_nothing(tmp_path) -> None:
+    feats = module_to_wsfeat([small_cnn() for _ in range(2)])
+    spec = network_spec_from_module(small_cnn())
+    writer = SmallCNNZooWriter(tmp_path / "zoo", spec, num_rows=3)
+    with pytest.raises(ValueError, match="got 1 metrics records for 2 networks"):
+        writer.add(feats, _records(1))
+    writer.add(feats, _records(2))
+    with pytest.raises(ValueError, match="a metrics record has keys"):
+        writer.add(_rows(feats, slice(0, 1)), [{"step": 0}])
+    with pytest.raises(ValueError, match="would exceed the 3 rows"):
+        writer.add(feats, _records(2))
+    with pytest.raises(ValueError, match="2 rows were added but the writer was opened for 3"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        SmallCNNZooWriter(tmp_path / "full", spec, num_rows=1)

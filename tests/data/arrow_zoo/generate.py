@@ -1,7 +1,7 @@
-"""Writes small zoos in nfn-lab's Arrow/Parquet format (see ``nfn_lab/data/arrow_format.py``).
+"""Writes small zoos in nfn-lab's Arrow/Parquet format (see ``datamodules/arrow_zoo.py`` and docs/formats.md).
 
 :func:`generate` writes a zoo through the reference writer
-(:class:`~nfn_lab.data.arrow_format.ZooWriter`) and returns everything it wrote, so
+(:class:`~datamodules.arrow_zoo.ZooWriter`) and returns everything it wrote, so
 tests can compare what the readers give back exactly. :func:`write_parquet_by_hand`
 writes the Parquet layout with plain pyarrow and ``json``, as another tool would, to
 test the readers independently of the writer.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from nfn_lab.data.arrow_format import ZooWriter
+from datamodules.arrow_zoo import ZooWriter
 from nfn_lab.testing import example_features
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, network_spec_from_wsfeat
 
@@ -76,7 +77,7 @@ def generate(
                 rows = slice(lo, lo + add_size)
                 writer.add(
                     split,
-                    feats.map(lambda x: x[rows]),
+                    feats.map(operator.itemgetter(rows)),
                     {k: v[rows] for k, v in targets.items()},
                     {k: v[rows] for k, v in metadata.items()},
                 )
@@ -121,7 +122,8 @@ def main() -> None:
     parser.add_argument("--parquet", action="store_true", help="write the Parquet layout")
     args = parser.parse_args()
     zoo = generate(args.root, write_parquet=args.parquet)
-    print(f"wrote {zoo.root}: {dict((s, len(f.weights[0])) for s, f in zoo.features.items())}")
+    sizes = {split: len(feats.weights[0]) for split, feats in zoo.features.items()}
+    print(f"wrote {zoo.root}: {sizes}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""Atomic output folders: a zoo is assembled beside its destination and renamed into place.
+
+A zoo is written into a hidden sibling folder (``.<name>.partial-*``) and moved to its
+destination only when complete, so an interrupted write never leaves a folder that looks
+like a zoo. An existing non-empty destination is refused unless ``overwrite=True``, and even
+then it is removed only after the new zoo is complete, and only if it is itself a zoo (it
+holds :data:`INFO_FILE`, which every nfn-lab zoo writes last), so a mistyped path cannot
+delete other data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["INFO_FILE", "StagedDirectory", "check_destination"]
+
+INFO_FILE = "zoo.json"  # written last: a folder without it is not a (complete) zoo
+
+
+def check_destination(root: str | os.PathLike, overwrite: bool) -> None:
+    """Raises unless ``root`` may receive a new zoo: missing, empty, or (``overwrite``) an existing zoo.
+
+    Raises:
+        FileExistsError: ``root`` is a file, or a non-empty folder and ``overwrite`` is False,
+            or a non-empty folder that is not a zoo (no ``zoo.json``).
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is a file; choose a folder path for the zoo.")
+    if not any(root.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{root} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it (the old "
+            "contents are removed only once the new zoo is complete) or choose another path."
+        )
+    if not (root / INFO_FILE).is_file():
+        raise FileExistsError(
+            f"refusing to replace {root}: it is not empty and not an nfn-lab zoo (no {INFO_FILE}); remove it "
+            "yourself or choose another path."
+        )
+
+
+class StagedDirectory:
+    """A folder assembled beside its destination and renamed into place only when complete.
+
+    Files go under :attr:`path` (inside a hidden sibling ``.<name>.partial-*``);
+    :meth:`commit` moves it to ``root`` (replacing an old zoo only then), :meth:`abort`
+    deletes it. :attr:`scratch` is a work folder deleted with it.
+
+    Args:
+        root: the destination folder.
+        overwrite: allow replacing an existing zoo at ``root`` (see :func:`check_destination`).
+    """
+
+    def __init__(self, root: str | os.PathLike, overwrite: bool = False) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.overwrite = overwrite
+        check_destination(self.root, overwrite)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.partial-", dir=self.root.parent))
+        self.path = self._tmp / "zoo"
+        self.scratch = self._tmp / "scratch"
+        self.path.mkdir()
+        self.scratch.mkdir()
+
+    def commit(self) -> None:
+        """Moves the finished folder to ``root``; an old zoo there is deleted afterwards."""
+        check_destination(self.root, self.overwrite)  # again: something may have appeared meanwhile
+        if self.root.exists():
+            os.replace(self.root, self._tmp / "previous")  # same filesystem: atomic renames
+        os.replace(self.path, self.root)
+        shutil.rmtree(self._tmp)
+
+    def abort(self) -> None:
+        """Deletes everything written so far; ``root`` is untouched."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"StagedDirectory(root={str(self.root)!r}, staging={str(self._tmp)!r})"
