@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import optuna
@@ -96,8 +98,18 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path) -> tu
         f"{n_trials} to run now on {args.workers} worker(s)"
     )
     objective = SweepObjective(spec, sweep_dir)
-    if n_trials:
-        study.optimize(objective, n_trials=n_trials, n_jobs=args.workers)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        objective.interrupt.set()  # the workers' trials stop too (their children may not have had the signal)
+        raise KeyboardInterrupt
+
+    handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if n_trials:
+            study.optimize(objective, n_trials=n_trials, n_jobs=args.workers)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return study_records(study), objective.failed > 0
 
 

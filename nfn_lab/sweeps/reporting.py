@@ -19,9 +19,9 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-__all__ = ["REPORT_ENV", "ValidationReport", "callbacks_from_env"]
+from nfn_lab.sweeps.trial import REPORT_ENV
 
-REPORT_ENV = "NFN_LAB_SWEEP_REPORT"
+__all__ = ["ValidationReport", "callbacks_from_env"]
 
 
 class ValidationReport(Callback):

@@ -263,6 +263,7 @@ class SweepObjective:
     def __init__(self, spec: SweepSpec, sweep_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.spec, self.sweep_dir, self.env = spec, sweep_dir, dict(env or {})
         self.failed = 0
+        self.interrupt = threading.Event()  # set: running trials stop and are recorded as failed (run again later)
         self._lock = threading.Lock()
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -279,11 +280,16 @@ class SweepObjective:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = run_trial(command, spec.metric, log, report, self.env)
+        outcome = run_trial(command, spec.metric, log, report, self.env, self.interrupt)
         trial.set_user_attr("returncode", outcome.returncode)
         run_dir = _latest_version(self.sweep_dir / "runs" / name)
         trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)
         best = (max if spec.goal == "maximize" else min)(outcome.values, default=math.nan)
+        if outcome.interrupted:
+            print(
+                f"[{name}] interrupted after {len(outcome.values)} epochs; it runs again on the next call", flush=True
+            )
+            return math.nan
         if outcome.stopped:
             print(f"[{name}] pruned after {len(outcome.values)} epochs ({spec.metric}={best:.4g})", flush=True)
             raise optuna.TrialPruned()

@@ -22,14 +22,15 @@ import json
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nfn_lab.sweeps.reporting import REPORT_ENV
+__all__ = ["REPORT_ENV", "TrialOutcome", "run_trial"]
 
-__all__ = ["TrialOutcome", "run_trial"]
+REPORT_ENV = "NFN_LAB_SWEEP_REPORT"  # names the report file a trial's nfn-lab fit appends to
 
 POLL_S = 0.5  # how often the report file is read
 STOP_GRACE_S = 30.0  # how long a stopped trial may take to exit before it is killed
@@ -43,13 +44,15 @@ class TrialOutcome:
     Attributes:
         returncode: the child's exit status (negative: killed by that signal).
         values: the metric of each validation run, in order (steps from 1).
-        stopped: whether ``on_report`` stopped it (the child was terminated).
+        stopped: whether ``on_report`` or an interrupt stopped it (the child was terminated).
+        interrupted: whether the interrupt stopped it.
         log: the child's stdout and stderr, the command on the first line.
     """
 
     returncode: int
     values: list[float] = field(default_factory=list)
     stopped: bool = False
+    interrupted: bool = False
     log: Path = Path()
 
     def log_tail(self) -> str:
@@ -80,6 +83,7 @@ def run_trial(
     log: Path,
     on_report: Callable[[int, float], bool] = lambda step, value: False,
     env: Mapping[str, str] | None = None,
+    interrupt: threading.Event | None = None,
 ) -> TrialOutcome:
     """Runs ``command``, calling ``on_report(step, value)`` for each validation run's ``metric``.
 
@@ -91,6 +95,8 @@ def run_trial(
         on_report: returns True to stop the trial (its child is terminated, then killed
             after :data:`STOP_GRACE_S`); no later report is read.
         env: extra environment variables for the child (the parent's are inherited).
+        interrupt: when set (by another thread, e.g. the sweep's signal handler), the trial is
+            stopped the same way; ``outcome.interrupted`` tells the two apart.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     report = log.with_suffix(".jsonl")
@@ -109,11 +115,15 @@ def run_trial(
                         outcome.values.append(line["metrics"][metric])
                         if on_report(len(outcome.values), outcome.values[-1]):
                             outcome.stopped = True
-                            child.terminate()
                             break
                 if finished:
                     break
-                time.sleep(POLL_S)
+                if interrupt is not None and interrupt.wait(POLL_S):
+                    outcome.stopped = outcome.interrupted = True
+                elif interrupt is None:
+                    time.sleep(POLL_S)
+            if outcome.stopped:
+                child.terminate()
             try:
                 outcome.returncode = child.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:  # a stopped child that ignores SIGTERM

@@ -1,7 +1,10 @@
 """``nfn-lab sweep``: options and errors, resuming a local sweep, a real 2-worker Optuna study, the shipped sweeps."""
 
 import csv
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -88,6 +91,31 @@ def test_local_sweep_resumes_and_runs_failed_trials_again(tmp_path, capsys, offl
     (failed,) = [t for t in trials if t.state.name == "FAIL"]
     retried = load_study(tmp_path / "sw").trials[-1]
     assert retried.params == {LR: 2.0} and retried.user_attrs["retry_of"] == failed.number
+
+
+def test_an_interrupted_sweep_stops_its_trials(tmp_path, offline):
+    path = write_fake_sweep(tmp_path, fixed_args={"trainer.max_time": 60})  # trials that would take a minute
+    command = [
+        sys.executable,
+        "-m",
+        "nfn_lab",
+        "sweep",
+        str(path),
+        "--sweep-dir",
+        str(tmp_path / "sw"),
+        "--workers",
+        "2",
+    ]
+    sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    logs = [tmp_path / "sw" / "logs" / f"trial-000{i}.jsonl" for i in (0, 1)]
+    while not all(log.is_file() and log.read_text().count("\n") == 3 for log in logs):  # both trials mid-run
+        assert sweep_process.poll() is None, sweep_process.communicate()
+        time.sleep(0.2)
+    sweep_process.send_signal(signal.SIGINT)  # to the sweep only, as `kill -INT` does: its trials must stop too
+    out, err = sweep_process.communicate(timeout=30)
+    assert sweep_process.returncode == 130 and "rerun the same command" in err and "Traceback" not in err
+    assert out.count("interrupted after") == 2
+    assert [t.state.name for t in load_study(tmp_path / "sw").trials] == ["FAIL", "FAIL"]
 
 
 def test_count_limits_one_call_and_a_rerun_goes_on(tmp_path, capsys, offline):

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import torch
 
-from nfn_lab.sweeps.reporting import REPORT_ENV, ValidationReport, callbacks_from_env
+from nfn_lab.sweeps.reporting import ValidationReport, callbacks_from_env
+from nfn_lab.sweeps.trial import REPORT_ENV
 
 
 def trainer(sanity_checking=False, **metrics):

@@ -1,6 +1,7 @@
 """One trial in a subprocess: its output logged, its metric streamed line by line, stopped on request."""
 
 import sys
+import threading
 import time
 
 from nfn_lab.sweeps.trial import run_trial
@@ -34,7 +35,14 @@ def test_reports_arrive_whole_and_in_order(tmp_path):
 def test_on_report_stops_the_run(tmp_path):
     start = time.monotonic()
     outcome = run_trial([sys.executable, "-c", WRITER, "60"], "val/x", tmp_path / "t.log", lambda s, v: s == 2)
-    assert outcome.stopped and outcome.values == [0.5, 0.25] and outcome.returncode < 0  # SIGTERM
+    assert outcome.stopped and not outcome.interrupted and outcome.values == [0.5, 0.25] and outcome.returncode < 0
     assert time.monotonic() - start < 30
     again = run_trial([sys.executable, "-c", WRITER, "0"], "val/x", tmp_path / "t.log")  # a rerun starts a new stream
     assert again.values == [0.5, 0.25, 0.75]
+
+
+def test_an_interrupt_stops_the_run(tmp_path):
+    interrupt = threading.Event()
+    threading.Timer(1.5, interrupt.set).start()
+    outcome = run_trial([sys.executable, "-c", WRITER, "60"], "val/x", tmp_path / "t.log", interrupt=interrupt)
+    assert outcome.stopped and outcome.interrupted and outcome.returncode < 0
