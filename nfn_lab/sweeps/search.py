@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +256,10 @@ class SweepObjective:
     Args:
         spec: the sweep.
         sweep_dir: trial logs go to ``logs/`` and run folders to ``runs/`` under it.
-        env: extra environment variables for the trials.
     """
 
-    def __init__(self, spec: SweepSpec, sweep_dir: Path, env: Mapping[str, str] | None = None) -> None:
-        self.spec, self.sweep_dir, self.env = spec, sweep_dir, dict(env or {})
+    def __init__(self, spec: SweepSpec, sweep_dir: Path) -> None:
+        self.spec, self.sweep_dir = spec, sweep_dir
         self.failed = 0
         self.interrupt = threading.Event()  # set: running trials stop and are recorded as failed (run again later)
         self._lock = threading.Lock()
@@ -280,7 +278,7 @@ class SweepObjective:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = run_trial(command, spec.metric, log, report, self.env, self.interrupt)
+        outcome = run_trial(command, spec.metric, log, report, self.interrupt)
         trial.set_user_attr("returncode", outcome.returncode)
         run_dir = _latest_version(self.sweep_dir / "runs" / name)
         trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)

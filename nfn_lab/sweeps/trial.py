@@ -23,8 +23,7 @@ import os
 import shlex
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +81,6 @@ def run_trial(
     metric: str,
     log: Path,
     on_report: Callable[[int, float], bool] = lambda step, value: False,
-    env: Mapping[str, str] | None = None,
     interrupt: threading.Event | None = None,
 ) -> TrialOutcome:
     """Runs ``command``, calling ``on_report(step, value)`` for each validation run's ``metric``.
@@ -94,10 +92,10 @@ def run_trial(
             (emptied first, so a rerun of the same trial starts a new stream).
         on_report: returns True to stop the trial (its child is terminated, then killed
             after :data:`STOP_GRACE_S`); no later report is read.
-        env: extra environment variables for the child (the parent's are inherited).
         interrupt: when set (by another thread, e.g. the sweep's signal handler), the trial is
             stopped the same way; ``outcome.interrupted`` tells the two apart.
     """
+    interrupt = interrupt or threading.Event()
     log.parent.mkdir(parents=True, exist_ok=True)
     report = log.with_suffix(".jsonl")
     report.write_text("")
@@ -105,7 +103,7 @@ def run_trial(
     with open(log, "w") as out:
         out.write(f"$ {shlex.join(command)}\n")
         out.flush()
-        child_env = {**os.environ, **(env or {}), REPORT_ENV: str(report)}
+        child_env = {**os.environ, REPORT_ENV: str(report)}
         child = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=child_env)
         try:
             while not outcome.stopped:
@@ -118,10 +116,8 @@ def run_trial(
                             break
                 if finished:
                     break
-                if interrupt is not None and interrupt.wait(POLL_S):
+                if interrupt.wait(POLL_S):
                     outcome.stopped = outcome.interrupted = True
-                elif interrupt is None:
-                    time.sleep(POLL_S)
             if outcome.stopped:
                 child.terminate()
             try:
