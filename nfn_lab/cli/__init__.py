@@ -17,7 +17,7 @@ TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 USAGE = f"""usage: nfn-lab {{zoo,sweep,{",".join(TRAINING_COMMANDS)}}} ...
 
   zoo       inspect, convert and build model zoos (nfn-lab zoo --help)
-  sweep     run a sweep file (W&B format) online or with the local runner (nfn-lab sweep --help)
+  sweep     run a sweep file (W&B format) with W&B online or Optuna offline (nfn-lab sweep --help)
   {"/".join(TRAINING_COMMANDS)}
             train and evaluate: nfn-lab fit --config experiments/...yaml
 """

@@ -10,7 +10,9 @@ too. The DataModule's ``network_spec`` is linked into the task. Every run gets:
 - CSV logs, and W&B logs through Lightning's WandbLogger, offline by default
   (``--wandb online`` to sync, ``--wandb disabled`` to skip): nothing waits on the network;
 - a fixed seed (``--seed_everything``, default 0); ``--ckpt_path`` resumes a fit exactly;
-- after ``fit``, a test of the best checkpoint (``--test_after_fit false`` to skip).
+- after ``fit``, a test of the best checkpoint (``--test_after_fit false`` to skip);
+- inside an ``nfn-lab sweep`` trial, its validation metrics streamed to the sweep each epoch
+  (:mod:`nfn_lab.sweeps.reporting`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from nfn_lab.data.zoo import ZooDataModule
+from nfn_lab.sweeps.reporting import callbacks_from_env
 from nfn_lab.tasks.base import BaseTask
 
 __all__ = ["NFNLabCLI", "run"]
@@ -70,6 +73,7 @@ class NFNLabCLI(LightningCLI):
                 monitor=self.model.monitor, mode=self.model.mode, save_last=True, filename="best-{epoch:03d}"
             )
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), checkpoint]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *callbacks_from_env()]  # inside a sweep trial
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

@@ -3,7 +3,8 @@
 A task owns a backbone built from the DataModule's ``network_spec`` (linked by the CLI),
 its loss and its metrics; subclasses fill in the hooks :meth:`configure_losses`,
 :meth:`configure_metrics` and :meth:`compute` and state their contract in the class
-attributes ``monitor`` and ``mode`` (used for best-checkpoint selection).
+attributes ``monitor`` and ``mode`` (used for best-checkpoint selection) and ``metric_names``
+(the metrics it logs, which ``nfn-lab sweep`` checks a sweep's metric against).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class BaseTask(L.LightningModule, ABC):
 
     monitor: str = "val/loss"
     mode: str = "min"
+    metric_names: tuple[str, ...] | None = None  # the names configure_metrics sets (None: not declared)
 
     def __init__(
         self,
@@ -78,8 +80,17 @@ class BaseTask(L.LightningModule, ABC):
         """``(loss, predictions, targets)`` of a batch; metrics are updated with the last two."""
 
     # --- shared machinery -------------------------------------------------------------------------------
+    @classmethod
+    def validation_metrics(cls) -> tuple[str, ...] | None:
+        """What the task logs each validation epoch (``val/loss``, ``val/<name>``), or None if undeclared."""
+        if cls.metric_names is None:
+            return None
+        return ("val/loss", *(f"val/{name}" for name in cls.metric_names))
+
     def set_metrics(self, metrics: MetricCollection) -> None:
         """Uses ``metrics`` for validation and test, logged as ``val/<name>`` and ``test/<name>``."""
+        if self.metric_names is not None and set(metrics.keys()) != set(self.metric_names):
+            raise TypeError(f"set {type(self).__name__}.metric_names to {tuple(metrics)}, the metrics it logs.")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 

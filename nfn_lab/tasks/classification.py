@@ -24,6 +24,7 @@ class ClassifyINRTask(BaseTask):
     """
 
     monitor = "val/accuracy"
+    metric_names = ("accuracy",)
     mode = "max"
 
     def __init__(

@@ -84,6 +84,7 @@ class EditINRTask(BaseTask):
     """
 
     monitor = "val/mse"
+    metric_names = ("mse", "mse_pm1", "mse_01")
     mode = "min"
 
     def __init__(

@@ -29,6 +29,7 @@ class PredictGeneralizationTask(BaseTask):
     """
 
     monitor = "val/kendall_tau"
+    metric_names = ("kendall_tau", "r2", "l1")
     mode = "max"
 
     def __init__(
