@@ -39,7 +39,7 @@ def _is_run_config(path: Path) -> bool:
     return isinstance(top, dict) and {"model", "data"} <= top.keys()
 
 
-ALL_YAML = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if "sweeps" not in p.parts)  # sweeps: tests/test_sweep.py
+ALL_YAML = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if "sweeps" not in p.parts)  # sweeps: tests/cli/test_sweep.py
 RUN_CONFIGS = [p for p in ALL_YAML if _is_run_config(p)]
 # Backbones that take 10-40 s for one batch on 2 CPU cores (512-channel NF-layers, the NFT, the
 # NP editor): configs naming one run with -m slow. The default run still fits at least one

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -190,7 +191,7 @@ def fit_accuracy_predictor(
     model.train()
     for _ in tqdm(range(epochs), desc=f"fitting the {name}", disable=not progress):
         for idx in torch.randperm(len(targets), generator=generator).split(batch_size):
-            batch = wsfeat.map(lambda t, idx=idx: t[idx])
+            batch = wsfeat.map(operator.itemgetter(idx))
             optimizer.zero_grad()
             nn.functional.mse_loss(model(batch).squeeze(-1), targets[idx]).backward()
             optimizer.step()
@@ -202,7 +203,7 @@ def permute_each_network(wsfeat: WeightSpaceFeatures, seed: int = 0) -> WeightSp
     generator = torch.Generator().manual_seed(seed)
     sizes = feature_layer_sizes(wsfeat)
     items = [
-        permute_features(wsfeat.map(lambda t, b=b: t[b]), sample_permutations(sizes, "hnp", generator), lead=1)
+        permute_features(wsfeat.map(operator.itemgetter(b)), sample_permutations(sizes, "hnp", generator), lead=1)
         for b in range(wsfeat.batch_size)
     ]
     return collate_wsfeat(items)
