@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Re-measures every CPU figure of benchmarks/README.md, one benchmark after the other, into
+# benchmarks/out/ (ignored by git), and writes how long each took to benchmarks/out/durations.md.
+# The README's tables show what this script measures, with these exact options.
+#
+# Usage (from anywhere; PYTHON=... picks the interpreter, default .venv/bin/python):
+#   bash benchmarks/run_all.sh                # every CPU table except the compiled one
+#   COMPILED=1 bash benchmarks/run_all.sh     # also the torch.compile table (compiles 38 models)
+#   ONLY="layers gemm" bash benchmarks/run_all.sh   # a subset of the steps below, by name
+#
+# Steps: layers, gemm, products, zoo_loading, inr_loading, builders, build_inr (and compiled).
+# The reference nfn 0.1.2 is installed into benchmarks/.reference first if it is missing.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-$repo/.venv/bin/python}"
+out="$repo/benchmarks/out"
+mkdir -p "$out"
+durations="$out/durations.md"
+only="${ONLY:-layers gemm products zoo_loading inr_loading builders build_inr${COMPILED:+ compiled}}"
+
+if [ ! -d benchmarks/.reference/nfn ]; then
+    PYTHON="$python" bash benchmarks/setup_reference.sh
+fi
+
+{
+    echo "# benchmarks/run_all.sh, started $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "git revision: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +uncommitted)"
+    echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
+    echo "torch: $("$python" -c 'import torch; print(torch.__version__)'), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| step | seconds |"
+    echo "|---|---:|"
+} > "$durations"
+
+# step NAME COMMAND...: runs COMMAND if NAME is selected and appends its wall time to durations.md.
+step() {
+    local name="$1"
+    shift
+    case " $only " in *" $name "*) ;; *) return 0 ;; esac
+    echo "=== $name: $*" >&2
+    local start=$SECONDS
+    "$@"
+    echo "| $name | $((SECONDS - start)) |" >> "$durations"
+}
+
+# build_inr: the default INR zoo build, timed end to end (imports and writing included).
+build_inr() {
+    local tmp
+    tmp="$(mktemp -d)"
+    "$python" -m nfn_lab zoo build inr "$tmp/inr_zoo"
+    rm -rf "$tmp"
+}
+
+start_all=$SECONDS
+step layers "$python" -m benchmarks.bench_layers --no-compile --out "$out"
+step gemm "$python" -m benchmarks.bench_gemm --out-dir "$out"
+step products "$python" -m benchmarks.product_share --cases 'edit*' 'predict-gen*' 'NPAttention*' 'classify*' \
+    --out "$out"
+step zoo_loading "$python" -m benchmarks.bench_zoo_loading --networks 1000 --big-networks 10000 --rounds 5 \
+    --out "$out"
+step inr_loading "$python" -m benchmarks.bench_inr_loading --out "$out"
+step builders "$python" -m benchmarks.bench_builders --rounds 2 --out "$out"
+step build_inr build_inr
+step compiled "$python" -m benchmarks.bench_layers --compile --out "$out"
+echo "| total | $((SECONDS - start_all)) |" >> "$durations"
+cat "$durations"
