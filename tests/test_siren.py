@@ -13,7 +13,7 @@ from nfn_lab.siren import OMEGA0, Siren, StackedSirenFit, fit, make_coordinates,
 from nfn_lab.weightspace import WeightSpaceFeatures
 from tests.data.digits import one_thread
 
-KEYS = {  # the zoos' files (formats.md)
+KEYS = {  # the zoos' files (docs/formats.md)
     "nfn": ["net.0.linear.weight", "net.0.linear.bias", "net.1.linear.weight", "net.1.linear.bias"]
     + ["net.2.weight", "net.2.bias"],
     "dwsnets": ["seq.0.weight", "seq.0.bias", "seq.1.weight", "seq.1.bias", "seq.2.weight", "seq.2.bias"],
