@@ -4,11 +4,12 @@
 # The README's tables show what this script measures, with these exact options.
 #
 # Usage (from anywhere; PYTHON=... picks the interpreter, default .venv/bin/python):
-#   bash benchmarks/run_all.sh                # every CPU table except the compiled one
-#   COMPILED=1 bash benchmarks/run_all.sh     # also the torch.compile table (compiles 38 models)
-#   ONLY="layers gemm" bash benchmarks/run_all.sh   # a subset of the steps below, by name
+#   bash benchmarks/run_all.sh                # the default steps
+#   ALL=1 bash benchmarks/run_all.sh          # also the long ones: compiled (38 models), build_cnn
+#   ONLY="layers gemm" bash benchmarks/run_all.sh   # some steps, by name
 #
-# Steps: layers, gemm, products, zoo_loading, inr_loading, builders, build_inr (and compiled).
+# Default steps: layers, no_faults, gemm, products, zoo_loading, inr_loading, builders, build_inr.
+# Long steps: compiled (the torch.compile table), build_cnn (the default CNN zoo build).
 # The reference nfn 0.1.2 is installed into benchmarks/.reference first if it is missing.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 out="$repo/benchmarks/out"
 mkdir -p "$out"
 durations="$out/durations.md"
-only="${ONLY:-layers gemm products zoo_loading inr_loading builders build_inr${COMPILED:+ compiled}}"
+only="${ONLY:-layers no_faults gemm products zoo_loading inr_loading builders build_inr${ALL:+ compiled build_cnn}}"
 
 if [ ! -d benchmarks/.reference/nfn ]; then
     PYTHON="$python" bash benchmarks/setup_reference.sh
@@ -46,16 +47,23 @@ step() {
     echo "| $name | $((SECONDS - start)) |" >> "$durations"
 }
 
-# build_inr: the default INR zoo build, timed end to end (imports and writing included).
-build_inr() {
+# build KIND: the default zoo build of KIND (cnn or inr), timed end to end (imports and writing included).
+build() {
     local tmp
     tmp="$(mktemp -d)"
-    "$python" -m nfn_lab zoo build inr "$tmp/inr_zoo"
+    "$python" -m nfn_lab zoo build "$1" "$tmp/zoo" --quiet
     rm -rf "$tmp"
+}
+
+# no_faults: the cases that miss their target, with glibc keeping freed memory (no page faults).
+no_faults() {
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 "$python" -m benchmarks.bench_layers --no-compile \
+        --cases 'edit*' 'predict-gen NP cnn-zoo B=8' 'NPAttention*B=8' 'NPAttention siren B=32' --out "$out/no_faults"
 }
 
 start_all=$SECONDS
 step layers "$python" -m benchmarks.bench_layers --no-compile --out "$out"
+step no_faults no_faults
 step gemm "$python" -m benchmarks.bench_gemm --out-dir "$out"
 step products "$python" -m benchmarks.product_share --cases 'edit*' 'predict-gen*' 'NPAttention*' 'classify*' \
     --out "$out"
@@ -63,7 +71,8 @@ step zoo_loading "$python" -m benchmarks.bench_zoo_loading --networks 1000 --big
     --out "$out"
 step inr_loading "$python" -m benchmarks.bench_inr_loading --out "$out"
 step builders "$python" -m benchmarks.bench_builders --rounds 2 --out "$out"
-step build_inr build_inr
-step compiled "$python" -m benchmarks.bench_layers --compile --out "$out"
+step build_inr build inr
+step compiled "$python" -m benchmarks.bench_layers --compile --out "$out/compiled"
+step build_cnn build cnn
 echo "| total | $((SECONDS - start_all)) |" >> "$durations"
 cat "$durations"
