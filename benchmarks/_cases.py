@@ -114,7 +114,8 @@ def _network_cases() -> list[Case]:
         )
         for b in (8, 128)
     ]
-    return predict_gen + [
+    return [
+        *predict_gen,
         Case("edit HNP", SIREN, 32, 1, _networks.edit_hnp, 2.0, "network", "stylize equiv.yaml"),
         Case("edit NP", SIREN, 32, 1, _networks.edit_np, 2.0, "network", "stylize equiv_io.yaml"),
         Case("classify NP-512", SIREN, 32, 1, _networks.classify_np512, 1.3, "network", "inv_ff_io_mnist.yaml"),

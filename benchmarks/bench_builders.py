@@ -15,11 +15,11 @@ The networks of a CNN case share a training-set size and activation (as a builde
 does) and mix optimizers, learning rates, dropout and L2. Sides are timed in interleaved
 rounds in one process with one thread (the machine may be shared: compare the ratios)::
 
-    python -m benchmarks.bench_builders                  # about 5 minutes on 2 cores
+    python -m benchmarks.bench_builders                  # every case, 3 rounds
     python -m benchmarks.bench_builders --quick          # seconds: tiny cases, 2 rounds
     python -m benchmarks.bench_builders --device cuda    # both sides on a GPU (timed with synchronization)
 
-Prints a markdown table and writes it to ``benchmarks/results/<date>_builders[_quick].md``.
+Prints a markdown table and writes it to ``benchmarks/out/<date>_builders[_quick].md``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from nfn_lab.builders.cnn_zoo import CNNZooConfig, _Digits, init_network, sample
 from nfn_lab.builders.inr_zoo import ImageSet, INRZooConfig, fit_chunk, init_sirens, load_images
 from nfn_lab.siren import Siren, make_coordinates
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SIDES = ("one at a time", "vectorized")
 
 
@@ -247,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="tiny cases, for a smoke test")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default: 3, quick: 2)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this, e.g. 'INR'")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the markdown result")
+    parser.add_argument(
+        "--out", type=Path, default=_report.OUT_DIR, help="folder for the markdown result (default benchmarks/out)"
+    )
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)

@@ -9,7 +9,7 @@ The shapes are those the fused equivariant map runs for the networks in ``bench_
 (pointwise terms over every weight entry, broadcast terms over the reduced arrays, their
 weight gradients). Each pair is timed interleaved in one process on the same operands;
 ``ratio = torch / nfn_lab.layers.gemm`` (> 1: the routed product is faster). Prints a
-Markdown table and writes it to ``benchmarks/results/<date>-<time>_gemm.md``.
+Markdown table and writes it to ``benchmarks/out/<date>-<time>_gemm.md``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import torch
 from benchmarks import _report
 from benchmarks._timing import interleaved, plan, synchronizer, torch_threads, warm_up
 from nfn_lab.layers import gemm
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # (what, rows R, K, N): x (R, K) @ w (K, N), and its weight gradient x^T g.
 PRODUCTS = [
@@ -93,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per product (default 5)")
     parser.add_argument("--round-seconds", type=float, default=0.2, help="length of one round per side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where to write the table")
+    parser.add_argument(
+        "--out-dir", type=Path, default=_report.OUT_DIR, help="where to write the table (default benchmarks/out)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     sync = synchronizer(torch.device("cpu"))

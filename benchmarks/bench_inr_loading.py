@@ -19,7 +19,7 @@ files), with batch size 128, shuffled, ``num_workers=0``, one process, one threa
 are timed in interleaved rounds. The files are in the OS page cache for every side (they
 were just written), so the comparison is of CPU cost, not of disk reads::
 
-    python -m benchmarks.bench_inr_loading             # about a minute
+    python -m benchmarks.bench_inr_loading             # 2,000 SIRENs, 7 rounds
     python -m benchmarks.bench_inr_loading --quick     # seconds
 """
 
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks import _report
 from benchmarks._timing import interleaved, loader_epoch, torch_threads
 from datamodules.nfn_siren import NFNSirenDataModule
 from nfn_lab.data.cache import CACHE_DIR_NAME
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--fit-steps", type=int, default=0, help="Adam steps per SIREN when generating (speed only)")
     parser.add_argument("--quick", action="store_true", help="300 networks, 3 rounds")
-    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--out", type=Path, default=_report.OUT_DIR, help="reports folder (default benchmarks/out)")
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.rounds = 300, 3
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    _report.write_markdown(args.out, "inr_loading", text)
     return text
 
 

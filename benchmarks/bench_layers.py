@@ -3,11 +3,11 @@
 Usage (from the repository root; see benchmarks/README.md)::
 
     bash benchmarks/setup_reference.sh          # once: installs nfn==0.1.2 into benchmarks/.reference
-    python benchmarks/bench_layers.py           # full run, eager and torch.compile (see README for timings)
+    python benchmarks/bench_layers.py           # full run, eager and torch.compile
     python benchmarks/bench_layers.py --quick   # a few seconds: four small cases, eager only
     python benchmarks/bench_layers.py --against HEAD~1 --no-compile  # a change against its parent
 
-Writes ``<date>_<device>[_quick].{md,csv,json}`` into ``benchmarks/results/`` and prints the table.
+Writes ``<date>-<time>_<device>[_quick].{md,csv,json}`` into ``benchmarks/out/`` and prints the table.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from benchmarks._cases import QUICK_CASES, Case, all_cases
 from benchmarks._libraries import Library
 from benchmarks._timing import Step, flat_outputs, interleaved, make_step, plan, synchronizer, torch_threads, warm_up
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Calls before timing, eager and compiled; a compiled model's first call compiles forward and backward.
 WARM_UP_CALLS = {False: 2, True: 3}
 
@@ -174,7 +173,7 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference-dir", type=Path, default=_libraries.REFERENCE_DIR, help="where setup_reference.sh installed nfn"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+    parser.add_argument("--out", type=Path, default=_report.OUT_DIR, help="reports folder (default benchmarks/out)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ Two measurements:
 
 The zoos are generated in chunks into a temporary folder and deleted afterwards::
 
-    python -m benchmarks.bench_zoo_loading               # about 5 minutes, needs 6 GB of disk
+    python -m benchmarks.bench_zoo_loading               # needs 6 GB of disk
     python -m benchmarks.bench_zoo_loading --quick       # small zoos, seconds
 """
 
@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from benchmarks import _report
 from benchmarks._timing import loader_epoch, torch_threads
 from datamodules.small_cnn_zoo import FINAL_STEP, SmallCNNZooDataModule, SmallCNNZooDataset, nfn_split
 from nfn_lab.weightspace import WeightSpaceFeatures
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--dir", type=Path, default=None, help="where to write the temporary zoos (local disk)")
     parser.add_argument("--reference-on-big", action="store_true", help="also measure the reference on the big zoo")
     parser.add_argument("--quick", action="store_true", help="small zoos and 2 rounds (a smoke test)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the markdown tables here")
+    parser.add_argument("--out", type=Path, default=_report.OUT_DIR, help="reports folder (default benchmarks/out)")
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -295,8 +296,7 @@ def main(argv: list[str] | None = None) -> str:
         shutil.rmtree(tmp)
     text = report(args, speed, memory)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    _report.write_markdown(args.out, "zoo_loading", text)
     return text
 
 

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.spread benchmarks/results/20261128-041501_cpu.json benchmarks/results/20261128-045329_cpu.json
+    python -m benchmarks.spread benchmarks/out/*_cpu.json     # every full run kept in benchmarks/out/
 
 Reads the runs' JSON reports and prints a markdown table: per case, the eager and the compiled
 ratio (ref / ours) as ``min-max`` over the runs that timed it, with the number of runs. One run
@@ -47,7 +47,7 @@ def to_markdown(ranges: dict[str, dict[str, list[float]]]) -> str:
 def main(argv: Sequence[str] | None = None) -> str:
     """Prints and returns the table for the JSON reports named in ``argv``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="bench_layers.py JSON reports (results/*.json)")
+    parser.add_argument("reports", nargs="+", type=Path, help="bench_layers.py JSON reports (benchmarks/out/*.json)")
     args = parser.parse_args(argv)
     reports = []
     for path in args.reports:

@@ -1,8 +1,7 @@
 """SIRENs (sine-activation MLPs) of the two public INR zoos, and rendering them to images.
 
 Both zoos store 3-layer SIRENs ``2 -> 32 -> 32 -> C`` fit to one image each; they differ
-in details that matter when the weights are turned back into pixels (see ``formats.md``
-in the design notes):
+in details that matter when the weights are turned back into pixels (see ``docs/formats.md``):
 
 - ``"nfn"`` (NFN SIREN zoos): keys ``net.0.linear.weight``, ..., ``net.2.bias``; linear
   output (images in [-1, 1]); ``'ij'`` coordinates; initialization ``U(±1/fan_in)`` for

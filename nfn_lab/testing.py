@@ -8,7 +8,7 @@ Every layer test in nfn-lab calls these, and so can tests of layers in users' pa
 
 The orbit count used by the expressivity check (:func:`count_orbits`) is computed
 independently of any layer, by union-find over (output entry, input entry) pairs under
-the group's generators (weight-space.md, section 4).
+the group's generators (docs/weight-space.md, section 4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Function preservation of module/state-dict <-> features conversion (weight-space.md, section 4.3)."""
+"""Function preservation of module/state-dict <-> features conversion (docs/weight-space.md, section 4)."""
 
 from __future__ import annotations
 

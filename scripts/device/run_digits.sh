@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every digits result (experiments/digits/*.yaml) on one GPU machine, in about 6 minutes.
+# Every digits result (experiments/digits/*.yaml) on one GPU machine, within BUDGET_S seconds.
 #
 #   bash scripts/device/run_digits.sh            # on the device: carry [".whl"]; writes to $OUT
 #   bash scripts/device/run_digits.sh --smoke    # CPU rehearsal with the local .venv (a few minutes)
