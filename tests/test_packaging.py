@@ -74,8 +74,8 @@ def test_installed_versions_satisfy_the_bounds(req: Requirement) -> None:
 
 
 def _bound_lines(text: str) -> list[str]:
-    """Lines of pyproject.toml that state a lower version bound (quoted requirements and requires-python)."""
-    return [line.strip() for line in text.splitlines() if re.search(r'["\'][^"\']*>=', line)]
+    """Lines of pyproject.toml that state a lower bound or a pin (quoted requirements and requires-python)."""
+    return [line.strip() for line in text.splitlines() if re.search(r'["\'][^"\']*(>=|==)', line)]
 
 
 def test_bound_lines_are_found() -> None:
@@ -92,9 +92,10 @@ def test_every_lower_bound_says_why(line: str) -> None:
 
 
 def test_bound_check_rejects_an_unexplained_bound() -> None:
-    (line,) = _bound_lines('  "torch>=2.2",\n')
-    with pytest.raises(AssertionError):
-        test_every_lower_bound_says_why(line)
+    for unexplained in ('  "torch>=2.2",\n', '  "ruff==0.1.0",\n'):
+        (line,) = _bound_lines(unexplained)
+        with pytest.raises(AssertionError):
+            test_every_lower_bound_says_why(line)
 
 
 def test_scripts_point_at_existing_functions() -> None:
