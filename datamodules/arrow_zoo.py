@@ -50,7 +50,7 @@ from nfn_lab.data.arrow_container import (
     zoo_layout,
 )
 from nfn_lab.data.card import ZooInfo, read_zoo_info, stamp_provenance, write_description
-from nfn_lab.data.staging import INFO_FILE, StagedDirectory
+from nfn_lab.data.staging import INFO_FILE, StagedDirectory, StagedWriter
 from nfn_lab.data.zoo import Item, Targets, Transform, ZooDataModule, ZooDataset, make_item
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures, collate
 
@@ -388,7 +388,7 @@ def _metadata_schema(metadata: Mapping[str, list]) -> list[pa.Field]:
     return fields
 
 
-class ZooWriter:
+class ZooWriter(StagedWriter):
     """Writes a zoo in nfn-lab's Arrow format (or its Parquet layout), atomically.
 
     Rows are buffered in chunks of ``chunk_size`` networks and appended to one Arrow
@@ -615,15 +615,6 @@ class ZooWriter:
         finally:
             self._staged.abort()
             self._done = True
-
-    def __enter__(self) -> ZooWriter:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __repr__(self) -> str:
         layout = "parquet" if self.write_parquet else "arrow"

@@ -59,7 +59,7 @@ from einops import rearrange
 from torch import Tensor
 
 from nfn_lab.data.cache import atomic_write, digest, zoo_cache_path
-from nfn_lab.data.staging import StagedDirectory
+from nfn_lab.data.staging import StagedDirectory, StagedWriter
 from nfn_lab.data.zoo import Transform, ZooDataModule, ZooDataset
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -641,7 +641,7 @@ def _keras_rows(wsfeat: WeightSpaceFeatures) -> np.ndarray:
     return torch.cat(parts, dim=1).detach().cpu().numpy().astype(np.float32)
 
 
-class SmallCNNZooWriter:
+class SmallCNNZooWriter(StagedWriter):
     """Writes ``weights.npy``, ``layout.csv`` and ``metrics.csv.gz`` of a Small CNN Zoo folder, atomically.
 
     Rows go straight into ``weights.npy`` (a memory-mapped file of ``num_rows`` rows) and
@@ -742,15 +742,6 @@ class SmallCNNZooWriter:
                 self._text.close()
         finally:
             self._staged.abort()
-
-    def __enter__(self) -> SmallCNNZooWriter:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __repr__(self) -> str:
         return f"SmallCNNZooWriter(folder={str(self.folder)!r}, rows={self.rows_written}/{self.num_rows})"

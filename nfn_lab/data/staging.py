@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["INFO_FILE", "StagedDirectory", "check_destination"]
+__all__ = ["INFO_FILE", "StagedDirectory", "StagedWriter", "check_destination"]
 
 INFO_FILE = "zoo.json"  # written last: a folder without it is not a (complete) zoo
 
@@ -83,3 +85,30 @@ class StagedDirectory:
 
     def __repr__(self) -> str:
         return f"StagedDirectory(root={str(self.root)!r}, staging={str(self._tmp)!r})"
+
+
+_Writer = TypeVar("_Writer", bound="StagedWriter")
+
+
+class StagedWriter(ABC):
+    """A writer that stages its output and publishes it whole: ``close()`` or ``abort()``, never half.
+
+    As a context manager it closes on a clean exit and aborts on an exception.
+    """
+
+    @abstractmethod
+    def close(self) -> Path:
+        """Finishes writing and publishes the output; returns where it is."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discards everything written; the destination is left as it was."""
+
+    def __enter__(self: _Writer) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
