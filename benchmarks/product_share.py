@@ -85,6 +85,9 @@ class ProductTimer(TorchDispatchMode):
         self.calls = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # PyTorch's protocol
+        if func.namespace == "nfn_lab":  # an opaque custom operator: its implementation, with the products timed
+            with self:
+                return func.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args, **(kwargs or {}))
         macs = PRODUCT_OPS.get(func._schema.name)
         if macs is None:
             return func(*args, **(kwargs or {}))

@@ -1,13 +1,17 @@
 """Elementwise functions through NumPy's SIMD kernels where those are much faster than PyTorch's.
 
-On the CPU of a typical PyTorch build, ``torch.sin``/``torch.cos`` take about 3x and
-``torch.tanh`` about 10x as long as NumPy's float32 kernels, and in SIREN fitting
+On the CPU of a typical PyTorch build, NumPy's float32 ``sin``, ``cos`` and ``tanh`` kernels
+run several times faster than ``torch.sin``/``torch.cos``/``torch.tanh``, and in SIREN fitting
 (:class:`nfn_lab.siren.StackedSirenFit`) and the CNN zoo builder they are a large share of a
-training step. These helpers use NumPy for CPU tensors (results equal
-PyTorch's up to float rounding, a few ulp) and PyTorch everywhere else.
+training step (``benchmarks/bench_builders.py``, benchmarks/README.md). These helpers use
+NumPy for CPU tensors (results equal PyTorch's up to float rounding, a few ulp) and PyTorch
+everywhere else. The differentiable one is a custom operator with a registered fake, so that
+``torch.compile`` keeps it as one opaque call (see :mod:`nfn_lab.layers.custom_ops`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,21 +34,32 @@ def cos_and_sin_(z: Tensor, cos: Tensor) -> None:
         z.sin_()
 
 
-class _NumpyTanh(torch.autograd.Function):
-    """``tanh`` of a CPU tensor by NumPy, differentiable (the backward pass uses the output)."""
+@torch.library.custom_op("nfn_lab::numpy_tanh", mutates_args=())
+def _numpy_tanh(x: Tensor) -> Tensor:
+    """``tanh`` of a CPU tensor by NumPy, which keeps ``x``'s memory layout (e.g. channels last)."""
+    return torch.from_numpy(np.tanh(x.numpy()))
 
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        y = torch.from_numpy(np.tanh(x.detach().numpy()))  # NumPy keeps x's memory layout (e.g. channels last)
-        ctx.save_for_backward(y)
-        return y
 
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
+@_numpy_tanh.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _tanh_setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(output)
+
+
+def _tanh_backward(ctx: Any, grad: Tensor) -> Tensor:
+    (y,) = ctx.saved_tensors
+    return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
+
+
+_numpy_tanh.register_autograd(_tanh_backward, setup_context=_tanh_setup_context)
 
 
 def tanh(x: Tensor) -> Tensor:
-    """``torch.tanh(x)``, differentiable, through NumPy for a CPU tensor."""
-    return _NumpyTanh.apply(x) if x.device.type == "cpu" else torch.tanh(x)
+    """``torch.tanh(x)``, differentiable, through NumPy (the custom operator ``nfn_lab::numpy_tanh``)
+    for a float32/float64 CPU tensor."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return _numpy_tanh(x)
+    return torch.tanh(x)

@@ -29,12 +29,13 @@ pass over each array in each direction.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfn_lab.layers.attention_tokens import gather_tokens, scatter_tokens, token_groups
+from nfn_lab.layers.attention_tokens import gather_tokens, scatter_tokens
 from nfn_lab.layers.channel_map import channel_map
 from nfn_lab.layers.layout import filter_fold, filter_unfold, mean_over
 from nfn_lab.layers.misc import FlattenWeights, UnflattenWeights
@@ -129,6 +130,7 @@ class NPAttention(nn.Module):
         if qkv is None:  # the diagonal term alone: broadcast over each array
             outs = []
             for x, d, unproject in zip(inputs, diag, unprojects):
+                assert d is not None  # __init__ refuses to ablate both terms
                 d = d if unproject is None else unproject(d)
                 outs.append(d.view(*d.shape, *[1] * (x.dim() - 2)).expand(x.shape).contiguous())
         else:
@@ -140,11 +142,13 @@ class NPAttention(nn.Module):
         return WeightSpaceFeatures(weights, outs[num_layers:])
 
     def _qkv(self, array: int) -> nn.Linear:
-        return self.to_qkv[self._qkv_index[array]]
+        return cast(nn.Linear, self.to_qkv[self._qkv_index[array]])
 
     def _unprojection(self, array: int) -> nn.Linear | None:
         """The map ``C -> f * C`` that restores a convolution weight's filter; None for other arrays."""
-        return self.unproject[self._unproject_index[array]] if array in self._unproject_index else None
+        if array not in self._unproject_index:
+            return None
+        return cast(nn.Linear, self.unproject[self._unproject_index[array]])
 
     def _diagonal_term(self, inputs: list[Tensor], qkv: list[Tensor] | None) -> Tensor:
         """Attention among the per-array means: ``(B, 2L, C)``."""
@@ -164,11 +168,9 @@ class NPAttention(nn.Module):
     def _cross_term(self, qkv: list[Tensor], shifts: list[Tensor | None]) -> list[Tensor]:
         """Attention among the tokens of each neuron layer, plus ``shifts[a]`` ``(B, C)`` broadcast over
         array ``a``: per array ``(B, C, *neurons)``."""
-        shapes = [y.shape[2:] for y in qkv]
-        groups = token_groups(shapes)
         dropout = self.dropout if self.training else 0.0
-        outs = [_attention(q, k, v, dropout) for q, k, v in gather_tokens(groups, self.num_heads, qkv)]
-        arrays = scatter_tokens(groups, self.num_heads, shapes, outs, shifts)
+        outs = [_attention(q, k, v, dropout) for q, k, v in gather_tokens(self.num_heads, qkv)]
+        arrays = scatter_tokens(self.num_heads, [y.shape[2:] for y in qkv], outs, shifts)
         return [y.flatten(1, 2) for y in arrays]
 
     def extra_repr(self) -> str:
@@ -183,8 +185,9 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, dropout: float) -> Tensor:
     """``softmax(q k^T / sqrt(d)) v`` with dropout on the weights: ``(..., T, d)`` each -> ``(..., T, d)``.
 
     On the CPU, for the short token sequences of NF-attention (tens of tokens, long vectors),
-    the explicit matrix products and softmax run forward and backward 15-35 % faster than
-    PyTorch's flash kernel; elsewhere :func:`F.scaled_dot_product_attention` picks its best kernel.
+    the explicit matrix products and softmax run forward and backward faster than PyTorch's
+    flash kernel (``benchmarks/bench_layers.py``, benchmarks/README.md); elsewhere
+    :func:`F.scaled_dot_product_attention` picks its best kernel.
     """
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)

@@ -6,10 +6,11 @@ the bias ``b(l)`` and the rows of ``W(l+1)``, each a vector over neuron layer ``
 its columns to the other). Layers with the same token count ``T`` and width ``n`` form a
 :class:`TokenGroup` and attend in one call, on arrays ``(B, H * G, T, ch * n)``.
 
-Two autograd functions move the data, each in one pass over every array:
+Two custom operators (see :mod:`nfn_lab.layers.custom_ops`) move the data, each in one pass
+over every array:
 
 - :func:`gather_tokens`: per-array projections ``(B, 3, H, ch, *neurons)`` -> each group's
-  queries, keys and values, one buffer per group. Its backward writes each array's gradient
+  queries, keys and values, one buffer each. Its backward writes each array's gradient
   once, adding the second neuron layer's contribution in place, where autograd through
   ``cat`` and ``unbind`` would allocate a gradient per use, sum them and stack queries, keys
   and values again.
@@ -17,23 +18,22 @@ Two autograd functions move the data, each in one pass over every array:
   *neurons)`` (contiguous), a weight's two contributions summed in the same pass, plus an
   optional per-sample shift (NF-attention's diagonal term) in place; its backward copies
   each array's gradient into its groups' buffers.
-
-Under ``torch.compile`` both are written as ``cat`` and ``add`` instead, which inductor fuses
-with the ops around them.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-__all__ = ["TokenGroup", "TokenPart", "gather_tokens", "scatter_tokens", "token_groups"]
+from nfn_lab.layers.custom_ops import define, grads_or_none
+
+__all__ = ["TokenGroup", "TokenPart", "gather_tokens", "neuron_sizes", "scatter_tokens", "token_groups"]
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,17 @@ def token_groups(shapes: Sequence[Sequence[int]]) -> tuple[TokenGroup, ...]:
 def _token_groups(shapes: tuple[tuple[int, ...], ...]) -> tuple[TokenGroup, ...]:
     """:func:`token_groups`, computed once per weight space (NF-attention asks on every forward)."""
     num_layers = len(shapes) // 2
-    sizes = [shapes[0][1], *(s[0] for s in shapes[num_layers:])]  # n(0), ..., n(L)
+    sizes = neuron_sizes(shapes)
     grouped: dict[tuple[int, int], list[tuple[TokenPart, ...]]] = {}
-    for l in range(num_layers + 1):
-        kinds = [("cols", l - 1), ("bias", num_layers + l - 1)] if l > 0 else []
-        kinds += [("rows", l)] if l < num_layers else []
+    for layer in range(num_layers + 1):
+        kinds = [("cols", layer - 1), ("bias", num_layers + layer - 1)] if layer > 0 else []
+        kinds += [("rows", layer)] if layer < num_layers else []
         parts, offset = [], 0
         for kind, a in kinds:
             count = {"cols": shapes[a][-1], "rows": shapes[a][0], "bias": 1}[kind]
             parts.append(TokenPart(kind, a, offset, count))
             offset += count
-        grouped.setdefault((offset, sizes[l]), []).append(tuple(parts))
+        grouped.setdefault((offset, sizes[layer]), []).append(tuple(parts))
     return tuple(TokenGroup(t, n, tuple(layers)) for (t, n), layers in grouped.items())
 
 
@@ -151,125 +151,184 @@ def _array_parts(
     return parts
 
 
-class _GatherTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, groups: tuple[TokenGroup, ...], heads: int, *qkv: Tensor) -> tuple[Tensor, ...]:
-        arrays = _stacked_arrays(qkv, heads)
-        batch, _, head_channels = arrays[0].shape[1:4]
-        outs: list[Tensor] = []
-        for g in groups:
-            buffer = qkv[0].new_empty(3, batch, heads, len(g.layers), g.num_tokens, head_channels, g.size)
-            for part, slot in _slots(g, buffer):
-                slot.copy_(_token_view(part.kind, arrays[part.array]))
-            outs += _attention_view(buffer).unbind(0)
-        ctx.groups, ctx.heads, ctx.shapes = groups, heads, [y.shape for y in qkv]
-        return tuple(outs)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        out = [grads[0].new_empty(shape) for shape in ctx.shapes]
-        arrays = _stacked_arrays(out, ctx.heads)
-        written: set[tuple[int, int]] = set()
-        for i, g in enumerate(ctx.groups):
-            for s in range(3):  # queries, keys, values
-                for part, slot in _slots(g, _group_view(g, grads[3 * i + s], ctx.heads)):
-                    _put(_token_view(part.kind, arrays[part.array][s]), slot, (part.array, s) not in written)
-                    written.add((part.array, s))
-        return (None, None, *out)
+def neuron_sizes(shapes: Sequence[Sequence[int]]) -> list[int]:
+    """``n(0), ..., n(L)`` from the arrays' neuron shapes (weights ``(n(i+1), n(i))``, then biases)."""
+    num_layers = len(shapes) // 2
+    return [shapes[0][1], *(s[0] for s in shapes[num_layers:])]
 
 
-class _ScatterTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        groups: tuple[TokenGroup, ...],
-        heads: int,
-        shapes: tuple[tuple[int, ...], ...],
-        shifted: tuple[int, ...],
-        *tensors: Tensor,
-    ) -> tuple[Tensor, ...]:
-        outs, shifts = tensors[: len(groups)], dict(zip(shifted, tensors[len(groups) :]))
-        results = []
-        for a, (shape, views) in enumerate(zip(shapes, _array_parts(groups, heads, outs, len(shapes)))):
-            y = outs[0].new_empty(shape)
-            if len(views) == 2:  # a weight: its rows' and its columns' outputs
-                torch.add(*views, out=y)
-            else:
-                y.copy_(views[0])
-            if a in shifts:
-                y.add_(_broadcast_view(shifts[a], shape))
-            results.append(y)
-        ctx.groups, ctx.heads, ctx.shifted = groups, heads, shifted
-        ctx.group_shapes = [o.shape for o in outs]
-        ctx.shift_shapes = [t.shape for t in tensors[len(groups) :]]
-        return tuple(results)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        out = []
-        for g, shape in zip(ctx.groups, ctx.group_shapes):
-            buffer = _group_view(g, grads[0].new_empty(shape), ctx.heads)
-            for part, slot in _slots(g, buffer):
-                slot.copy_(_token_view(part.kind, grads[part.array]))
-            out.append(_attention_view(buffer))
-        shift_grads = [
-            grads[a].sum(dim=tuple(range(3, grads[a].dim()))).view(shape)
-            for a, shape in zip(ctx.shifted, ctx.shift_shapes)
-        ]
-        return (None, None, None, None, *out, *shift_grads)
+def _shapes(sizes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Inverse of :func:`neuron_sizes`: the arrays' neuron shapes."""
+    weights = [(n, m) for m, n in itertools.pairwise(sizes)]
+    return weights + [(n,) for n in sizes[1:]]
 
 
-def _broadcast_view(shift: Tensor, shape: Sequence[int]) -> Tensor:
-    """A per-sample shift ``(B, C)`` as ``(B, H, ch, 1, ...)``, broadcastable to ``shape`` ``(B, H, ch, *neurons)``."""
-    return shift.view(*shape[:3], *[1] * (len(shape) - 3))
-
-
-# Under torch.compile the same data movement is written with cat and add: the hand-written
-# functions above, traced or left out of the graph, ran compiled NF-attention up to 13 % slower.
-
-
-def gather_tokens(groups: tuple[TokenGroup, ...], heads: int, qkv: Sequence[Tensor]) -> list[tuple[Tensor, ...]]:
-    """Each group's queries, keys and values ``(B, H * G, T, ch * n)`` from the arrays' projections.
+def gather_tokens(heads: int, qkv: Sequence[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Each group's queries, keys and values ``(B, H * G, T, ch * n)`` from the arrays' projections,
+    in the order of :func:`token_groups`.
 
     ``qkv[a]``: ``(B, 3C, *neurons)`` with channels ordered ``(3, H, ch)``, contiguous.
     """
-    if torch.compiler.is_compiling():
-        arrays = _stacked_arrays(qkv, heads)
-        outs = []
-        for g in groups:
-            for s in range(3):  # queries, keys, values: one cat each fuses better than one for all three
-                parts = [_token_view(p.kind, arrays[p.array][s]) for layer in g.layers for p in layer]
-                outs.append(_attention_view(torch.cat(parts, dim=-3).unflatten(2, (len(g.layers), g.num_tokens))))
-    else:
-        outs = _GatherTokens.apply(groups, heads, *qkv)
-    return [tuple(outs[3 * i : 3 * i + 3]) for i in range(len(groups))]
+    outs = _gather_tokens(heads, list(qkv))
+    return [(outs[i], outs[i + 1], outs[i + 2]) for i in range(0, len(outs), 3)]
+
+
+@define("gather_tokens")
+def _gather_tokens(heads: int, qkv: list[Tensor]) -> list[Tensor]:
+    """Queries, keys and values of each group, one buffer each: ``[q_0, k_0, v_0, q_1, ...]``."""
+    groups = token_groups([y.shape[2:] for y in qkv])
+    arrays = _stacked_arrays(qkv, heads)
+    batch, _, head_channels = arrays[0].shape[1:4]
+    outs = []
+    for g in groups:
+        for s in range(3):  # queries, keys, values
+            buffer = qkv[0].new_empty(batch, heads, len(g.layers), g.num_tokens, head_channels, g.size)
+            for part, slot in _slots(g, buffer):
+                slot.copy_(_token_view(part.kind, arrays[part.array][s]))
+            outs.append(_attention_view(buffer))
+    return outs
+
+
+@_gather_tokens.register_fake
+def _(heads: int, qkv: list[Tensor]) -> list[Tensor]:
+    batch, head_channels = qkv[0].shape[0], qkv[0].shape[1] // (3 * heads)
+    groups = token_groups([y.shape[2:] for y in qkv])
+    shapes = [(batch, heads * len(g.layers), g.num_tokens, head_channels * g.size) for g in groups]
+    return [qkv[0].new_empty(shape) for shape in shapes for _ in range(3)]
+
+
+@define("gather_tokens_backward")
+def _gather_tokens_backward(heads: int, sizes: list[int], grads: list[Tensor]) -> list[Tensor]:
+    """Each array's gradient ``(B, 3C, *neurons)``, written once: the second neuron layer's
+    contribution is added in place."""
+    shapes = _shapes(sizes)
+    groups = token_groups(shapes)
+    batch, head_channels = grads[0].shape[0], grads[0].shape[-1] // groups[0].size
+    out = [grads[0].new_empty(batch, 3 * heads * head_channels, *shape) for shape in shapes]
+    arrays = _stacked_arrays(out, heads)
+    written: set[tuple[int, int]] = set()
+    for i, g in enumerate(groups):
+        for s in range(3):  # queries, keys, values
+            for part, slot in _slots(g, _group_view(g, grads[3 * i + s], heads)):
+                _put(_token_view(part.kind, arrays[part.array][s]), slot, (part.array, s) not in written)
+                written.add((part.array, s))
+    return out
+
+
+@_gather_tokens_backward.register_fake
+def _(heads: int, sizes: list[int], grads: list[Tensor]) -> list[Tensor]:
+    shapes = _shapes(sizes)
+    batch, head_channels = grads[0].shape[0], grads[0].shape[-1] // token_groups(shapes)[0].size
+    return [grads[0].new_empty(batch, 3 * heads * head_channels, *shape) for shape in shapes]
+
+
+def _gather_setup_context(ctx: Any, inputs: tuple[int, list[Tensor]], output: list[Tensor]) -> None:
+    heads, qkv = inputs
+    ctx.heads, ctx.sizes = heads, neuron_sizes([y.shape[2:] for y in qkv])
+
+
+def _gather_backward(ctx: Any, grads: list[Tensor]) -> tuple[None, list[Tensor | None]]:
+    needs = ctx.needs_input_grad[1]
+    return None, grads_or_none(_gather_tokens_backward(ctx.heads, ctx.sizes, list(grads)), needs)
+
+
+_gather_tokens.register_autograd(_gather_backward, setup_context=_gather_setup_context)
 
 
 def scatter_tokens(
-    groups: tuple[TokenGroup, ...],
     heads: int,
     shapes: Sequence[Sequence[int]],
     outs: Sequence[Tensor],
     shifts: Sequence[Tensor | None] | None = None,
-) -> tuple[Tensor, ...]:
-    """Per-array outputs ``(B, H, ch, *shapes[a])`` from each group's attention output
-    ``(B, H * G, T, ch * n)``; a weight's row and column contributions are summed.
+) -> list[Tensor]:
+    """Per-array outputs ``(B, H, ch, *shapes[a])`` (contiguous) from each group's attention output
+    ``(B, H * G, T, ch * n)``, groups in the order of :func:`token_groups`; a weight's row and
+    column contributions are summed.
 
     ``shapes``: the arrays' neuron shapes, as for :func:`token_groups`. ``shifts[a]``, ``(B, C)``
     or None, is added to array ``a``'s output, broadcast over its neurons (in the same pass,
     where a separate add would write a second array).
     """
-    head_channels = outs[0].shape[-1] // groups[0].size
-    array_shapes = tuple((outs[0].shape[0], heads, head_channels, *s) for s in shapes)
     shifts = [None] * len(shapes) if shifts is None else shifts
-    if torch.compiler.is_compiling():
-        parts = _array_parts(groups, heads, outs, len(shapes))
-        return tuple(
-            sum(views[1:] + ([] if t is None else [_broadcast_view(t, shape)]), views[0])
-            for views, t, shape in zip(parts, shifts, array_shapes)
-        )
-    shifted = tuple(a for a, t in enumerate(shifts) if t is not None)
-    tensors = [*outs, *(shifts[a] for a in shifted)]
-    return _ScatterTokens.apply(groups, heads, array_shapes, shifted, *tensors)
+    shifted = [a for a, t in enumerate(shifts) if t is not None]
+    return _scatter_tokens(heads, neuron_sizes(shapes), shifted, list(outs), [shifts[a] for a in shifted])
+
+
+def _array_shapes(heads: int, sizes: Sequence[int], outs: Sequence[Tensor]) -> list[tuple[int, ...]]:
+    """The output arrays' shapes ``(B, H, ch, *neurons)``."""
+    shapes = _shapes(sizes)
+    head_channels = outs[0].shape[-1] // token_groups(shapes)[0].size
+    return [(outs[0].shape[0], heads, head_channels, *s) for s in shapes]
+
+
+@define("scatter_tokens")
+def _scatter_tokens(
+    heads: int, sizes: list[int], shifted: list[int], outs: list[Tensor], shifts: list[Tensor]
+) -> list[Tensor]:
+    """Each array's output; ``shifts[i]`` ``(B, C)`` is added to array ``shifted[i]``."""
+    groups = token_groups(_shapes(sizes))
+    by_array = dict(zip(shifted, shifts))
+    shapes = _array_shapes(heads, sizes, outs)
+    results = []
+    for a, (shape, views) in enumerate(zip(shapes, _array_parts(groups, heads, outs, len(shapes)))):
+        y = outs[0].new_empty(shape)
+        if len(views) == 2:  # a weight: its rows' and its columns' outputs
+            torch.add(*views, out=y)
+        else:
+            y.copy_(views[0])
+        if a in by_array:
+            y.add_(_broadcast_view(by_array[a], shape))
+        results.append(y)
+    return results
+
+
+@_scatter_tokens.register_fake
+def _(heads: int, sizes: list[int], shifted: list[int], outs: list[Tensor], shifts: list[Tensor]) -> list[Tensor]:
+    return [outs[0].new_empty(shape) for shape in _array_shapes(heads, sizes, outs)]
+
+
+@define("scatter_tokens_backward")
+def _scatter_tokens_backward(heads: int, sizes: list[int], shifted: list[int], grads: list[Tensor]) -> list[Tensor]:
+    """``[*group_grads, *shift_grads]``: each group's gradient ``(B, H * G, T, ch * n)``, then each
+    shift's ``(B, C)``."""
+    groups = token_groups(_shapes(sizes))
+    out = []
+    for g in groups:
+        buffer = grads[0].new_empty(*grads[0].shape[:2], len(g.layers), g.num_tokens, grads[0].shape[2], g.size)
+        for part, slot in _slots(g, buffer):
+            slot.copy_(_token_view(part.kind, grads[part.array]))
+        out.append(_attention_view(buffer))
+    return out + [grads[a].sum(dim=tuple(range(3, grads[a].dim()))).flatten(1) for a in shifted]
+
+
+@_scatter_tokens_backward.register_fake
+def _(heads: int, sizes: list[int], shifted: list[int], grads: list[Tensor]) -> list[Tensor]:
+    batch, head_channels = grads[0].shape[0], grads[0].shape[2]
+    groups = token_groups(_shapes(sizes))
+    group_shapes = [(batch, heads * len(g.layers), g.num_tokens, head_channels * g.size) for g in groups]
+    return [grads[0].new_empty(s) for s in group_shapes] + [
+        grads[0].new_empty(batch, heads * head_channels) for _ in shifted
+    ]
+
+
+def _scatter_setup_context(
+    ctx: Any, inputs: tuple[int, list[int], list[int], list[Tensor], list[Tensor]], output: list[Tensor]
+) -> None:
+    ctx.heads, ctx.sizes, ctx.shifted = inputs[:3]
+
+
+def _scatter_backward(
+    ctx: Any, grads: list[Tensor]
+) -> tuple[None, None, None, list[Tensor | None], list[Tensor | None]]:
+    needs_outs, needs_shifts = ctx.needs_input_grad[3:]
+    result = _scatter_tokens_backward(ctx.heads, ctx.sizes, ctx.shifted, list(grads))
+    n = len(needs_outs)
+    return None, None, None, grads_or_none(result[:n], needs_outs), grads_or_none(result[n:], needs_shifts)
+
+
+_scatter_tokens.register_autograd(_scatter_backward, setup_context=_scatter_setup_context)
+
+
+def _broadcast_view(shift: Tensor, shape: Sequence[int]) -> Tensor:
+    """A per-sample shift ``(B, C)`` as ``(B, H, ch, 1, ...)``, broadcastable to ``shape`` ``(B, H, ch, *neurons)``."""
+    return shift.view(*shape[:3], *[1] * (len(shape) - 3))

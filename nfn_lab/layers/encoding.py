@@ -13,11 +13,14 @@ Both use one position code per array, built by :func:`_position_codes`:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from nfn_lab._fast_math import cos_and_sin_
+from nfn_lab.layers import gemm
+from nfn_lab.layers.custom_ops import define, empty_grad, grads_or_none, without_autocast
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["GaussianFourierFeatureTransform", "IOSinusoidalEncoding", "LearnedPosEmbedding", "fourier_encode"]
@@ -47,28 +50,12 @@ class GaussianFourierFeatureTransform(nn.Module):
         self.scale = scale
         self.register_buffer("projection", torch.randn(in_channels, mapping_size) * scale)
 
-    def _encode(self, x: Tensor) -> Tensor:
-        """``(B, C_in, ...)`` -> ``(B, 2 * mapping_size, ...)``, contiguous.
+    projection: Tensor  # a buffer
 
-        Eagerly and without autograd, the phases are written into the output's sine half and
-        turned into cosines (the other half) and sines there: one array of the output's size
-        is allocated, not three (phases, scaled phases, output). On large inputs (e.g. the
-        ``(32, 256, 32, 32)`` features of a SIREN batch's hidden weights) each fresh array
-        costs as much in page faults as in arithmetic.
-        """
-        angular = (2 * math.pi) * self.projection  # (C_in, mapping_size): scaling it costs nothing
-        if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
-            z = _phases(x, angular)  # differentiable, and what inductor fuses into one loop
-            return torch.cat([z.sin(), z.cos()], dim=1)
-        m = self.mapping_size
-        out = x.new_empty((x.shape[0], 2 * m, *x.shape[2:]))
-        phases = out[:, :m]  # (B, m, ...)
-        if self.in_channels == 1:  # an outer product: one broadcast multiply
-            torch.mul(x, angular.view(1, m, *(1,) * (x.dim() - 2)), out=phases)
-        else:
-            phases.copy_(_phases(x, angular))
-        cos_and_sin_(phases, out[:, m:])
-        return out
+    def _encode(self, x: Tensor) -> Tensor:
+        """``(B, C_in, ...)`` -> ``(B, 2 * mapping_size, ...)``, contiguous."""
+        x, projection = gemm.in_autocast_dtype(x, self.projection)
+        return _fourier_features(x, (2 * math.pi) * projection)
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self.network_spec.check_features(wsfeat, self.in_channels, where="GaussianFourierFeatureTransform")
@@ -81,6 +68,70 @@ class GaussianFourierFeatureTransform(nn.Module):
 def _phases(x: Tensor, angular: Tensor) -> Tensor:
     """``sum_c x[b, c, ...] * angular[c, m]``: ``(B, C_in, ...)`` and ``(C_in, M)`` -> ``(B, M, ...)``."""
     return torch.einsum("bc...,cm->bm...", x, angular)
+
+
+@define("fourier_features")
+@without_autocast
+def _fourier_features(x: Tensor, angular: Tensor) -> Tensor:
+    """``[sin(z), cos(z)]`` of the phases ``z = x . angular``: ``(B, C_in, ...)``, ``(C_in, M)`` ->
+    ``(B, 2M, ...)``.
+
+    The phases are written into the output's sine half and turned into cosines (the other half)
+    and sines there (:func:`~nfn_lab._fast_math.cos_and_sin_`): one array of the output's size is
+    allocated, not three (phases, scaled phases, output). On large inputs (e.g. the hidden weights
+    of a SIREN batch) each fresh array costs as much in page faults as in arithmetic.
+    """
+    m = angular.shape[1]
+    out = x.new_empty((x.shape[0], 2 * m, *x.shape[2:]))
+    phases = out[:, :m]  # (B, M, ...)
+    if angular.shape[0] == 1:  # an outer product: one broadcast multiply
+        torch.mul(x, angular.view(1, m, *(1,) * (x.dim() - 2)), out=phases)
+    else:
+        phases.copy_(_phases(x, angular))
+    cos_and_sin_(phases, out[:, m:])
+    return out
+
+
+@_fourier_features.register_fake
+def _(x: Tensor, angular: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], 2 * angular.shape[1], *x.shape[2:]))
+
+
+@define("fourier_features_backward")
+@without_autocast
+def _fourier_features_backward(
+    grad: Tensor, x: Tensor, angular: Tensor, out: Tensor, needs_x: bool, needs_angular: bool
+) -> tuple[Tensor, Tensor]:
+    """Gradients for ``x`` and ``angular`` from the output's: ``d sin(z) = cos(z) dz``,
+    ``d cos(z) = -sin(z) dz``, with ``sin(z)`` and ``cos(z)`` read from the output."""
+    m = angular.shape[1]
+    grad_z = grad[:, :m] * out[:, m:] - grad[:, m:] * out[:, :m]  # (B, M, ...)
+    grad_x = torch.einsum("bm...,cm->bc...", grad_z, angular) if needs_x else empty_grad(grad)
+    grad_angular = torch.einsum("bc...,bm...->cm", x, grad_z) if needs_angular else empty_grad(grad)
+    return grad_x, grad_angular
+
+
+@_fourier_features_backward.register_fake
+def _(
+    grad: Tensor, x: Tensor, angular: Tensor, out: Tensor, needs_x: bool, needs_angular: bool
+) -> tuple[Tensor, Tensor]:
+    return (
+        x.new_empty(x.shape) if needs_x else empty_grad(grad),
+        angular.new_empty(angular.shape) if needs_angular else empty_grad(grad),
+    )
+
+
+def _fourier_setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs, output)
+
+
+def _fourier_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, angular, out = ctx.saved_tensors
+    grads = _fourier_features_backward(grad.to(out.dtype), x, angular, out, *ctx.needs_input_grad)
+    return tuple(grads_or_none(grads, ctx.needs_input_grad))
+
+
+_fourier_features.register_autograd(_fourier_backward, setup_context=_fourier_setup_context)
 
 
 def fourier_encode(x: Tensor, max_freq: float, num_bands: int = 4) -> Tensor:

@@ -49,7 +49,7 @@ class ArrayLayout:
     @property
     def kept_layers(self) -> tuple[int, ...]:
         """Neuron-layer index of each kept axis, in axis order."""
-        return tuple(l for l, k in zip(self.neuron_layers, self.kept) if k)
+        return tuple(layer for layer, k in zip(self.neuron_layers, self.kept) if k)
 
     def feature_dim(self, channels: int) -> int:
         """``D`` for ``channels`` channels."""
@@ -105,16 +105,16 @@ def network_layouts(
         ValueError: if a fixed neuron layer's size is left free (-1) in the spec.
     """
     sizes = network_spec.layer_sizes
-    for l in fixed_layers:
-        if sizes[l] == -1:
+    for layer in fixed_layers:
+        if sizes[layer] == -1:
             raise ValueError(
-                f"neuron layer {l} is held fixed (not permuted), so its size must be known, but the "
+                f"neuron layer {layer} is held fixed (not permuted), so its size must be known, but the "
                 "network_spec leaves it free (-1); build the spec with network_spec_from_wsfeat."
             )
 
     def layout(neuron_layers: Sequence[int], filter_shape: tuple[int, ...]) -> ArrayLayout:
-        kept = tuple(l not in fixed_layers for l in neuron_layers)
-        fixed_sizes = tuple(sizes[l] for l, k in zip(neuron_layers, kept) if not k)
+        kept = tuple(layer not in fixed_layers for layer in neuron_layers)
+        fixed_sizes = tuple(sizes[layer] for layer, k in zip(neuron_layers, kept) if not k)
         return ArrayLayout(tuple(neuron_layers), kept, fixed_sizes, filter_shape)
 
     weights = tuple(layout((i + 1, i), f) for i, f in enumerate(network_spec.filter_shapes))
@@ -142,8 +142,8 @@ def mean_over(x: Tensor, dims: Sequence[int]) -> Tensor:
     """``x.mean(dims)`` whose gradient reaches ``x`` as a broadcast view, in no memory layout of its own.
 
     ``mean``'s backward materializes a contiguous gradient. When ``x`` is channels-last (the
-    NF-layers' output form), the op before it then reads two layouts in its backward: a ReLU
-    followed by an invariant pool took 8.6 ms instead of 2.4 ms (CNN zoo's last layer, B = 128).
-    A sum and a division backpropagate as views.
+    NF-layers' output form), the op before it then reads two layouts in its backward, several
+    times slower (e.g. a ReLU followed by an invariant pool on the CNN zoo's last layer;
+    ``benchmarks/bench_layers.py``). A sum and a division backpropagate as views.
     """
-    return x.sum(dim=tuple(dims)) / math.prod(x.shape[d] for d in dims)
+    return x.sum(dim=tuple(dims)) / math.prod([x.shape[d] for d in dims])

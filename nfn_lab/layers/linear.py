@@ -1,7 +1,7 @@
 """Equivariant linear NF-layers: NPLinear, HNPLinear, Pointwise, ChannelLinear.
 
 NPLinear and HNPLinear are one construction, the most general linear map that commutes
-with a group of neuron permutations (weight-space.md, section 3). Every permuted neuron
+with a group of neuron permutations (docs/weight-space.md, section 3). Every permuted neuron
 layer has its own symmetric group, and an array carries each neuron layer at most once,
 so the orbits of (output entry, input entry) pairs are indexed by the set ``T`` of
 permuted neuron layers on which the two entries are *tied* (same index). Each ``T`` gives
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from nfn_lab.layers.channel_map import channel_map
-from nfn_lab.layers.equivariant_map import EquivariantMapFunction, build_plan
+from nfn_lab.layers.equivariant_map import build_plan, equivariant_map
 from nfn_lab.layers.layout import network_layouts
 from nfn_lab.symmetry import permuted_layers
 from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -38,18 +38,6 @@ from nfn_lab.weightspace import NetworkSpec, WeightSpaceFeatures
 __all__ = ["ChannelLinear", "HNPLinear", "InitType", "NPLinear", "Pointwise"]
 
 InitType = Literal["pytorch_default", "kaiming_normal"]
-
-
-@torch.compiler.disable
-def _apply_map(*args: Any) -> tuple[Tensor, ...]:
-    """:class:`EquivariantMapFunction`, kept out of ``torch.compile`` graphs (a graph break).
-
-    The fused forward and backward beat what inductor generates from them: traced, the
-    broadcast sums, layout permutes and ReLU's backward become slow fused loops, and compiled
-    networks ran about 1.6x slower than with this function left eager (predict-gen HNP,
-    CPU, ``benchmarks/README.md``). The rest of a compiled model is still compiled.
-    """
-    return EquivariantMapFunction.apply(*args)
 
 
 class _PermutationEquivariantLinear(nn.Module):
@@ -83,8 +71,9 @@ class _PermutationEquivariantLinear(nn.Module):
         self.init_type = init_type
         w_layouts, b_layouts = network_layouts(network_spec, fixed_layers)
         self._layouts = w_layouts + b_layouts
-        permuted = [l for l in range(len(network_spec) + 1) if l not in fixed_layers]
+        permuted = [layer for layer in range(len(network_spec) + 1) if layer not in fixed_layers]
         self._plan = build_plan(self._layouts, permuted, in_channels, out_channels)
+        self._plan_key = self._plan.to_key()
         self.weight = nn.ParameterDict(
             {t.name: nn.Parameter(torch.empty(self._plan.term_shape(t))) for t in self._plan.terms}
         )
@@ -127,13 +116,10 @@ class _PermutationEquivariantLinear(nn.Module):
         arrays = (*wsfeat.weights, *wsfeat.biases)
         forms = tuple(layout.takes_features_first(x) for layout, x in zip(self._layouts, arrays))
         folded = [layout.fold(x, first) for layout, x, first in zip(self._layouts, arrays, forms)]
-        ys = _apply_map(
-            self._plan,
+        ys = equivariant_map(
+            self._plan_key,
             forms,
-            *folded,
-            *(self.weight[t.name] for t in self._plan.terms),
-            *self.pointwise_weight,
-            self.bias,
+            [*folded, *(self.weight[t.name] for t in self._plan.terms), *self.pointwise_weight, self.bias],
         )
         out = [layout.unfold(y, self.out_channels, first) for layout, y, first in zip(self._layouts, ys, forms)]
         return WeightSpaceFeatures(out[: len(wsfeat)], out[len(wsfeat) :])
@@ -236,7 +222,7 @@ class Pointwise(nn.Module):
 
     def reset_parameters(self) -> None:
         for m in self.maps:
-            m.reset_parameters()
+            cast(nn.Linear, m).reset_parameters()
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self.network_spec.check_features(wsfeat, self.in_channels, where="Pointwise")

@@ -24,12 +24,12 @@ __all__ = ["FlattenWeights", "LearnedScale", "ResBlock", "StatFeaturizer", "Tupl
 class TupleOp(nn.Module):
     """Applies a tensor op to every weight and bias array, e.g. ``TupleOp(nn.ReLU())``.
 
-    Under ``torch.compile`` on the CPU the op runs eagerly (a graph break): in torch 2.13,
-    inductor's CPU kernel for an activation that saves a boolean mask for its backward
-    (ReLU's ``x <= 0``) stores that mask about 25x slower than eager PyTorch computes it
-    (over 16M entries: 34 ms against 1.3 ms; the ReLU forward with it, 35 ms against 3.5 ms),
-    which made compiled NFNs slower than eager ones. The NF-layers around the op are graph breaks already
-    (see ``nfn_lab.layers.linear``), so nothing else is lost. On GPUs the op is compiled.
+    On the CPU the op stays out of ``torch.compile`` graphs (a graph break; the one left in the
+    layers, as it is no hand-written pass that a custom operator could hold): inductor's CPU
+    kernel for an activation that saves a boolean mask for its backward (ReLU's ``x <= 0``)
+    runs many times slower than eager PyTorch, which made compiled NFNs slower than eager ones
+    (predict-gen networks, ``benchmarks/bench_layers.py``, benchmarks/README.md). On GPUs the
+    op is compiled with the rest.
 
     Args:
         op: a module or function ``(B, C, ...) -> (B, C', ...)`` that acts on each array alone.
@@ -42,7 +42,7 @@ class TupleOp(nn.Module):
         self.op = op
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        if torch.compiler.is_compiling() and wsfeat.weights[0].device.type == "cpu":
+        if wsfeat.weights[0].device.type == "cpu":
             return _eager_map(self.op, wsfeat)
         return wsfeat.map(self.op)
 

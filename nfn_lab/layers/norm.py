@@ -11,6 +11,7 @@ also includes the fixed input neurons of the first layer and output neurons of t
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ class _FoldedLayerNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         for norm in self.norms:
-            norm.reset_parameters()
+            cast(nn.LayerNorm, norm).reset_parameters()
 
     def forward(self, wsfeat: WeightSpaceFeatures) -> WeightSpaceFeatures:
         """Features ``(B, C, ...)`` -> normalized features of the same shapes."""

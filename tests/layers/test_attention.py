@@ -159,8 +159,8 @@ def test_compiles(share_projections):
         sum(t.square().sum() for t in out).backward()
         return out + [p.grad.clone() for p in layer.parameters()]
 
-    compiled = outputs_and_grads(torch.compile(layer))  # tokens traced as cat and add
-    eager = outputs_and_grads(layer)  # the hand-written gather and scatter
+    compiled = outputs_and_grads(torch.compile(layer))  # gather and scatter: opaque custom operators
+    eager = outputs_and_grads(layer)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ HEADS, HEAD_CHANNELS, BATCH = 2, 3, 2
 
 def _mlp_shapes(sizes: list[int]) -> list[tuple[int, ...]]:
     """Neuron shapes of an MLP's arrays: weights ``(n(i+1), n(i))``, then biases ``(n(i+1),)``."""
-    weights = [(n, m) for m, n in zip(sizes[:-1], sizes[1:])]
+    weights = [(n, m) for m, n in itertools.pairwise(sizes)]
     return weights + [(n,) for n in sizes[1:]]
 
 
@@ -55,7 +57,7 @@ def test_gather_puts_each_token_in_its_place(sizes):
     shapes = _mlp_shapes(sizes)
     groups = token_groups(shapes)
     qkv = _projections(shapes)
-    for g, tokens in zip(groups, gather_tokens(groups, HEADS, qkv)):
+    for g, tokens in zip(groups, gather_tokens(HEADS, qkv)):
         for s, t in enumerate(tokens):  # queries, keys, values: (B, H * G, T, ch * n)
             assert t.shape == (BATCH, HEADS * len(g.layers), g.num_tokens, HEAD_CHANNELS * g.size)
             t = t.view(BATCH, HEADS, len(g.layers), g.num_tokens, HEAD_CHANNELS, g.size)
@@ -80,10 +82,9 @@ def _shifts(shapes, requires_grad=False):
 
 def test_scatter_of_gathered_values_gives_each_entry_once_per_neuron_layer():
     shapes = _mlp_shapes([3, 4, 2])
-    groups = token_groups(shapes)
     qkv, shifts = _projections(shapes), _shifts(shapes)
-    values = [tokens[2] for tokens in gather_tokens(groups, HEADS, qkv)]
-    out = scatter_tokens(groups, HEADS, shapes, values, shifts)
+    values = [tokens[2] for tokens in gather_tokens(HEADS, qkv)]
+    out = scatter_tokens(HEADS, shapes, values, shifts)
     for a, (y, shape, shift) in enumerate(zip(out, shapes, shifts)):
         v = qkv[a].view(BATCH, 3, HEADS, HEAD_CHANNELS, *shape)[:, 2]
         assert y.is_contiguous()
@@ -97,20 +98,17 @@ def test_scatter_of_gathered_values_gives_each_entry_once_per_neuron_layer():
 @pytest.mark.parametrize("sizes", [[3, 4, 2], [3, 3, 3, 3]], ids=["L2", "L3-uniform"])
 def test_gradients_match_finite_differences(sizes):
     shapes = _mlp_shapes(sizes)
-    groups = token_groups(shapes)
     qkv = _projections(shapes, requires_grad=True)
 
     def gather(*arrays):
-        return tuple(t for tokens in gather_tokens(groups, HEADS, arrays) for t in tokens)
+        return tuple(t for tokens in gather_tokens(HEADS, arrays) for t in tokens)
 
     assert torch.autograd.gradcheck(gather, qkv)
-    outs = [tokens[2].detach().requires_grad_() for tokens in gather_tokens(groups, HEADS, qkv)]
+    outs = [tokens[2].detach().requires_grad_() for tokens in gather_tokens(HEADS, qkv)]
     shifts = _shifts(shapes, requires_grad=True)
 
     def scatter(*tensors):
         given = iter(tensors[len(outs) :])
-        return scatter_tokens(
-            groups, HEADS, shapes, tensors[: len(outs)], [None if t is None else next(given) for t in shifts]
-        )
+        return scatter_tokens(HEADS, shapes, tensors[: len(outs)], [None if t is None else next(given) for t in shifts])
 
     assert torch.autograd.gradcheck(scatter, (*outs, *(t for t in shifts if t is not None)))

@@ -31,12 +31,12 @@ def _reference(x, weight, bias):
 
 
 def test_large_float32_items_take_the_custom_operator():
-    batch, c_in, p, c_out = LARGE
-    x, weight = torch.randn(batch, c_in, p), torch.randn(c_out, c_in)
-    assert gemm.shared_matmul_uses_onednn(weight, x) == gemm.uses_onednn(x)
-    assert not gemm.shared_matmul_uses_onednn(weight.double(), x.double())
-    if gemm.uses_onednn(x):
-        assert "channel_map" in channel_map(x.requires_grad_(), weight).grad_fn.name()
+    x, weight = torch.randn(*LARGE[:3], requires_grad=True), torch.randn(LARGE[3], LARGE[1])
+    custom = "nfn_lab_channel_map" in channel_map(x, weight).grad_fn.name()
+    assert custom == gemm.uses_onednn(x)
+    assert "nfn_lab" not in channel_map(x.double(), weight.double()).grad_fn.name()
+    small_x, small_weight = torch.randn(*SMALL[:3], requires_grad=True), torch.randn(SMALL[3], SMALL[1])
+    assert "nfn_lab" not in channel_map(small_x, small_weight).grad_fn.name()
 
 
 @pytest.mark.parametrize("bias_kind", BIAS_KINDS)

@@ -11,9 +11,16 @@ from nfn_lab.layers import gemm
 
 needs_onednn = pytest.mark.skipif(gemm._LINEAR is None, reason="this PyTorch build has no oneDNN linear op")
 
-# (R, K, N): thin (MKL); wide but below oneDNN's size (MKL); wide and large (oneDNN); more rows than one x^T g block, with the narrower side
-# of x^T g on either operand; and no rows.
-SHAPES = [(5, 3, 4), (70, 64, 80), (300, 64, 80), (2 * gemm._TN_BLOCK_ROWS + 3, 96, 9), (2100, 9, 72), (0, 64, 64)]
+# (R, K, N): thin (MKL); wide but below oneDNN's size (MKL); wide and large (oneDNN); more rows than one
+# x^T g block, with the narrower side of x^T g on either operand; and no rows.
+SHAPES = [
+    (5, 3, 4),
+    (70, 64, 80),
+    (300, 64, 80),
+    (2 * gemm.THRESHOLDS.tn_block_rows + 3, 96, 9),
+    (2100, 9, 72),
+    (0, 64, 64),
+]
 # (B, K, P, N): below and above the per-item size for batched products, and no batch.
 BATCHED_SHAPES = [(3, 8, 5, 6), (2, 64, 1024, 64), (0, 64, 1024, 64)]
 TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-3}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
@@ -91,3 +98,12 @@ def test_environment_variable_turns_onednn_off():
     env = {**os.environ, "NFN_LAB_ONEDNN": "0"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("bias_shape", ["shared", "per_item"])
+@pytest.mark.parametrize("batch,k,p,n", BATCHED_SHAPES)
+def test_shared_matmul_adds_a_bias(batch, k, p, n, bias_shape):
+    a, x = torch.randn(n, k), torch.randn(batch, k, p)
+    bias = torch.randn(n) if bias_shape == "shared" else torch.randn(batch, n)
+    expected = a.double() @ x.double() + (bias.double()[:, None] if bias.dim() == 1 else bias.double()[..., None])
+    torch.testing.assert_close(gemm.shared_matmul(a, x, bias).double(), expected, **TOLERANCES[torch.float32])

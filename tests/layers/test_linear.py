@@ -96,7 +96,7 @@ def test_shape_mismatch_names_layer(cls):
     bad = WeightSpaceFeatures((x.weights[0], x.weights[1][..., :1], x.weights[2]), x.biases).to(torch.float32)
     with pytest.raises(ValueError, match=r"layer 1 weight has shape .*expects"):
         layer(bad)
-    with pytest.raises(ValueError, match="channel|expects"):
+    with pytest.raises(ValueError, match=r"channel|expects"):
         layer(_features("conv2d", 3, channels=5).to(torch.float32))
     with pytest.raises(ValueError, match="has 3 layers but the features have 2"):
         layer(_features("conv2d", 2).to(torch.float32))

@@ -83,7 +83,7 @@ def test_res_block_rejects_channel_change():
     x = _features("mlp", 2, channels=1)
     spec = network_spec_from_wsfeat(x)
     block = ResBlock(NPLinear(spec, 1, 4), TupleOp(nn.ReLU())).double()
-    with pytest.raises(ValueError, match="ResBlock.*in_channels == out_channels"):
+    with pytest.raises(ValueError, match=r"ResBlock.*in_channels == out_channels"):
         block(x)
     with pytest.raises(ValueError, match="dropout"):
         ResBlock(NPLinear(spec, 1, 1), TupleOp(nn.ReLU()), dropout=1.0)
