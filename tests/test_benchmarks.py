@@ -91,7 +91,7 @@ def test_ratio_is_ref_over_ours_of_medians_and_verdict_checks_both_modes():
 
 
 def test_missing_reference_points_to_setup_script(tmp_path):
-    with pytest.raises(FileNotFoundError, match="setup_reference.sh"):
+    with pytest.raises(FileNotFoundError, match=r"setup_reference\.sh"):
         _libraries.reference(tmp_path)
 
 

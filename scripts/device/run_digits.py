@@ -132,7 +132,7 @@ class Job:
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.log_path, "w")
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 (open while the process runs; poll() closes it)
         self.log_file.write("$ " + " ".join(self.command) + "\n")
         self.log_file.flush()
         self.process = subprocess.Popen(
