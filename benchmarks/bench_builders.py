@@ -19,13 +19,12 @@ rounds in one process with one thread (the machine may be shared: compare the ra
     python -m benchmarks.bench_builders --quick          # seconds: tiny cases, 2 rounds
     python -m benchmarks.bench_builders --device cuda    # both sides on a GPU (timed with synchronization)
 
-Prints a markdown table and writes it to ``benchmarks/out/<date>_builders[_quick].md``.
+Prints a markdown table and writes it to ``benchmarks/out/<date>-<time>_builders[_quick].md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -261,10 +260,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     env = _report.environment(args.device, 1, {}, {"rounds": rounds})
     text = to_markdown(env, cases, results)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.date.today().isoformat()
     suffix = ("_quick" if args.quick else "") + ("" if args.device.type == "cpu" else f"_{args.device.type}")
-    (args.out / f"{stamp}_builders{suffix}.md").write_text(text)
+    _report.write_markdown(args.out, f"builders{suffix}", text.rstrip("\n"))  # it ends the file with one
     return text
 
 

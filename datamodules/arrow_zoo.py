@@ -444,7 +444,6 @@ class ZooWriter(StagedWriter):
         self._buffers: dict[str, list[pa.RecordBatch]] = {}
         self._buffered: dict[str, int] = {}
         self._streams: dict[str, tuple[pa.NativeFile, pa.ipc.RecordBatchStreamWriter]] = {}
-        self._done = False
 
     @property
     def root(self) -> Path:
@@ -470,7 +469,7 @@ class ZooWriter(StagedWriter):
             ValueError: naming the split, row and array on a shape mismatch, missing or
                 unexpected keys, or NaN/inf weights.
         """
-        if self._done:
+        if self.ended:
             raise RuntimeError(f"ZooWriter for {self.root} is closed; open a new one to write more.")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}.")
@@ -566,55 +565,38 @@ class ZooWriter(StagedWriter):
         chunk = pa.Table.from_batches(batches).combine_chunks()
         self._streams[split][1].write_table(chunk)
 
-    def _close_streams(self) -> None:
+    def _release(self) -> None:
         for sink, writer in self._streams.values():
             writer.close()
             sink.close()
         self._streams.clear()
 
     # --- finishing ----------------------------------------------------------------------------------------
-    def close(self) -> Path:
-        """Assembles the zoo and moves it to :attr:`root`; returns that path.
+    def _finish(self) -> None:
+        """Assembles the zoo in the staging folder (``close()`` then moves it to :attr:`root`).
 
         Raises:
             ValueError: if no network was added (nothing is written).
         """
-        if self._done:
-            return self.root
-        try:
-            if not self.info.splits:
-                raise ValueError(f"no networks were added to the zoo for {self.root}; nothing was written.")
-            for split in list(self._buffers):
-                self._flush(split)
-            self._close_streams()
-            info = datasets.DatasetInfo(features=self._features)
-            tables = {
-                split: datasets.Dataset.from_file(os.fspath(self._staged.scratch / f"{split}.arrow"), info=info)
-                for split in SPLITS
-                if split in self.info.splits
-            }
-            with quiet_datasets():
-                if self.write_parquet:
-                    for split, table in tables.items():
-                        write_parquet_split(table, self._staged.path / "data", split)
-                else:
-                    datasets.DatasetDict(tables).save_to_disk(os.fspath(self._staged.path))
-            del tables
-            write_description(self._staged.path, self.info, "parquet" if self.write_parquet else "arrow")
-            self._staged.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        return self.root
-
-    def abort(self) -> None:
-        """Discards everything written; :attr:`root` is left as it was."""
-        try:
-            self._close_streams()
-        finally:
-            self._staged.abort()
-            self._done = True
+        if not self.info.splits:
+            raise ValueError(f"no networks were added to the zoo for {self.root}; nothing was written.")
+        for split in list(self._buffers):
+            self._flush(split)
+        self._release()
+        info = datasets.DatasetInfo(features=self._features)
+        tables = {
+            split: datasets.Dataset.from_file(os.fspath(self._staged.scratch / f"{split}.arrow"), info=info)
+            for split in SPLITS
+            if split in self.info.splits
+        }
+        with quiet_datasets():
+            if self.write_parquet:
+                for split, table in tables.items():
+                    write_parquet_split(table, self._staged.path / "data", split)
+            else:
+                datasets.DatasetDict(tables).save_to_disk(os.fspath(self._staged.path))
+        del tables
+        write_description(self._staged.path, self.info, "parquet" if self.write_parquet else "arrow")
 
     def __repr__(self) -> str:
         layout = "parquet" if self.write_parquet else "arrow"

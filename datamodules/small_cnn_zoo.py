@@ -715,33 +715,23 @@ class SmallCNNZooWriter(StagedWriter):
         self._metrics.writerows(metrics)
         self.rows_written += num
 
-    def close(self) -> Path:
-        """Renames the finished folder into place; returns it.
+    def _finish(self) -> None:
+        """Closes the files in the staging folder (``close()`` then renames it into place).
 
         Raises:
             ValueError: fewer rows were added than ``num_rows`` (nothing is written).
         """
-        try:
-            if self.rows_written != self.num_rows:
-                raise ValueError(
-                    f"{self.rows_written} rows were added but the writer was opened for {self.num_rows}; nothing "
-                    "was written."
-                )
-            self._text.close()  # closes the gzip stream too
-            self._weights.flush()
-            self._staged.commit()
-        except BaseException:
-            self.abort()
-            raise
-        return self.folder
+        if self.rows_written != self.num_rows:
+            raise ValueError(
+                f"{self.rows_written} rows were added but the writer was opened for {self.num_rows}; nothing "
+                "was written."
+            )
+        self._release()
+        self._weights.flush()
 
-    def abort(self) -> None:
-        """Discards everything written; the destination is left as it was."""
-        try:
-            if not self._text.closed:
-                self._text.close()
-        finally:
-            self._staged.abort()
+    def _release(self) -> None:
+        if not self._text.closed:
+            self._text.close()  # closes the gzip stream too
 
     def __repr__(self) -> str:
         return f"SmallCNNZooWriter(folder={str(self.folder)!r}, rows={self.rows_written}/{self.num_rows})"

@@ -92,9 +92,10 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace, sweep_dir: Path) -> tu
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here
     study = open_study(spec, open_storage(args.storage, sweep_dir), args.seed)
     retries = retry_failed(study)
-    n_trials = trials_to_run(spec, len(finished_trials(study)), args.count)
+    finished = len(finished_trials(study))
+    n_trials = trials_to_run(spec, finished, args.count)
     print(
-        f"{len(finished_trials(study))} trials finished, {retries} failed ones queued again; "
+        f"{finished} trials finished, {retries} failed ones queued again; "
         f"{n_trials} to run now on {args.workers} worker(s)"
     )
     objective = SweepObjective(spec, sweep_dir)

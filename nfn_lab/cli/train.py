@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -68,12 +68,16 @@ class NFNLabCLI(LightningCLI):
         name = config.get("run_name") or type(self.model).__name__
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(trainer_config.get("default_root_dir") or "runs", name, config["wandb"])
+        ours: list[Callback] = callbacks_from_env()  # inside a sweep trial
         if trainer_config.get("enable_checkpointing", True) is not False:
-            checkpoint = ModelCheckpoint(
-                monitor=self.model.monitor, mode=self.model.mode, save_last=True, filename="best-{epoch:03d}"
+            ours.append(
+                ModelCheckpoint(
+                    monitor=self.model.monitor, mode=self.model.mode, save_last=True, filename="best-{epoch:03d}"
+                )
             )
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), checkpoint]
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *callbacks_from_env()]  # inside a sweep trial
+        if ours:  # kwargs["callbacks"] replaces trainer.callbacks of the config: keep those first
+            configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            kwargs["callbacks"] = [*(configured if isinstance(configured, list) else [configured]), *ours]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

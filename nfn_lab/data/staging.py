@@ -91,18 +91,55 @@ _Writer = TypeVar("_Writer", bound="StagedWriter")
 
 
 class StagedWriter(ABC):
-    """A writer that stages its output and publishes it whole: ``close()`` or ``abort()``, never half.
+    """A writer that stages its output in :attr:`_staged` and publishes it whole, or not at all.
 
-    As a context manager it closes on a clean exit and aborts on an exception.
+    Subclasses create ``self._staged`` (a :class:`StagedDirectory`) and implement
+    :meth:`_finish` (write the last files into ``self._staged.path``) and :meth:`_release` (close
+    their own open files). :meth:`close` and :meth:`abort` are here, once: closing twice returns
+    the first result, a failure while closing aborts, and after either call the writer takes no
+    more rows (:attr:`ended`). As a context manager it closes on a clean exit and aborts on an
+    exception.
     """
 
-    @abstractmethod
-    def close(self) -> Path:
-        """Finishes writing and publishes the output; returns where it is."""
+    _staged: StagedDirectory
+    _ended: bool = False
+    _closed: bool = False
 
     @abstractmethod
+    def _finish(self) -> None:
+        """Writes what is still buffered and the closing files into ``self._staged.path``."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Closes the writer's open files (called once, on close or abort)."""
+
+    @property
+    def ended(self) -> bool:
+        """True once :meth:`close` or :meth:`abort` was called."""
+        return self._ended
+
+    def close(self) -> Path:
+        """Finishes the output and renames it into place; returns the destination."""
+        if self._closed:
+            return self._staged.root
+        if self._ended:
+            raise RuntimeError(f"{type(self).__name__} for {self._staged.root} was aborted; nothing was written.")
+        try:
+            self._finish()
+            self._staged.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._ended = self._closed = True
+        return self._staged.root
+
     def abort(self) -> None:
         """Discards everything written; the destination is left as it was."""
+        self._ended = True
+        try:
+            self._release()
+        finally:
+            self._staged.abort()
 
     def __enter__(self: _Writer) -> _Writer:
         return self
@@ -110,5 +147,5 @@ class StagedWriter(ABC):
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif not self._closed:
             self.abort()

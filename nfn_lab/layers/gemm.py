@@ -182,14 +182,19 @@ def _per_item(x: Tensor, macs_per_item: int) -> bool:
     return uses_onednn(x) and x.shape[0] > 0 and macs_per_item >= THRESHOLDS.min_item_macs
 
 
+def _bmm_shared(a: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`shared_matmul` as one ``torch.bmm``/``torch.baddbmm`` (differentiable)."""
+    if bias is None:
+        return torch.bmm(a.expand(x.shape[0], -1, -1), x)
+    return torch.baddbmm(bias.unsqueeze(-1), a.expand(x.shape[0], -1, -1), x)
+
+
 def shared_matmul(a: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a @ x[b] [+ bias]`` for every ``b``: ``a: (N, K)``, ``x: (B, K, P)``, ``bias: (N,)`` or per
     item ``(B, N)`` -> ``(B, N, P)``."""
     batch, n = x.shape[0], a.shape[0]
     if not _per_item(x, n * a.shape[1] * x.shape[2]):
-        if bias is None:
-            return torch.bmm(a.expand(batch, -1, -1), x)
-        return torch.baddbmm(bias.unsqueeze(-1), a.expand(batch, -1, -1), x)
+        return _bmm_shared(a, x, bias)
     if bias is None:
         return torch.stack([_linear(a, item.t()) for item in x])
     return shared_matmul_acc(bias.unsqueeze(-1).expand(batch, n, x.shape[2]).contiguous(), a, x)
@@ -208,9 +213,7 @@ def differentiable_shared_matmul(
     """
     if _per_item(x, a.shape[0] * a.shape[1] * x.shape[2]):
         return operator(x, a, bias)
-    if bias is None:
-        return torch.bmm(a.expand(x.shape[0], -1, -1), x)
-    return torch.baddbmm(bias.unsqueeze(-1), a.expand(x.shape[0], -1, -1), x)
+    return _bmm_shared(a, x, bias)
 
 
 def shared_matmul_acc(out: Tensor, a: Tensor, x: Tensor) -> Tensor:

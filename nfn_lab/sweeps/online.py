@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from nfn_lab.sweeps.spec import SweepSpec
-from nfn_lab.sweeps.trial import run_trial
+from nfn_lab.sweeps.spec import SweepSpec, best_value
+from nfn_lab.sweeps.trial import latest_version, run_trial
 
 __all__ = ["BACKENDS", "agent_overrides", "choose_backend", "run_wandb", "wandb_api_key"]
 
@@ -128,10 +128,10 @@ def run_wandb(spec: SweepSpec, sweep_dir: Path, count: int | None = None) -> lis
         command = spec.command_for(overrides, name, sweep_dir / "runs", "--wandb=online")
         outcome = run_trial(command, spec.metric, sweep_dir / "logs" / f"{name}.log")
         ok = outcome.returncode == 0 and bool(outcome.values)
-        best = (max if spec.goal == "maximize" else min)(outcome.values, default=None)
+        best = best_value(outcome.values, spec.goal)
         records.append({
             "trial": name, "status": "done" if ok else "failed", "value": best, "epochs": len(outcome.values),
-            "overrides": overrides, "run_dir": str(sweep_dir / "runs" / name),
+            "overrides": overrides, "run_dir": str(latest_version(sweep_dir / "runs" / name) or ""),
         })  # fmt: skip
         print(f"[{name}] {'done' if ok else 'FAILED'} ({spec.metric}={best})", flush=True)
         if not ok:

@@ -11,6 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nfn_lab.sweeps.spec import best_value
+
 __all__ = ["RESULTS_CSV", "RESULTS_MD", "markdown_table", "results_table", "study_records", "write_results"]
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
@@ -20,8 +22,7 @@ _ORDER = ("done", "pruned")  # then everything else, e.g. failed and running
 
 def _record(trial: FrozenTrial, goal: str) -> dict[str, Any]:
     steps = trial.intermediate_values
-    pick = max if goal == "maximize" else min
-    value = trial.value if trial.state == TrialState.COMPLETE else pick(steps.values(), default=None)
+    value = trial.value if trial.state == TrialState.COMPLETE else best_value(steps.values(), goal)
     return {
         "trial": f"trial-{trial.number:04d}",
         "status": STATUS.get(trial.state, trial.state.name.lower()),

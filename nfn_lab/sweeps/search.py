@@ -36,8 +36,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from nfn_lab.sweeps.spec import Parameter, SweepSpec
-from nfn_lab.sweeps.trial import run_trial
+from nfn_lab.sweeps.spec import Parameter, SweepSpec, best_value
+from nfn_lab.sweeps.trial import latest_version, run_trial
 
 __all__ = [
     "SweepObjective",
@@ -178,10 +178,10 @@ def open_study(spec: SweepSpec, storage: BaseStorage, seed: int = 0) -> optuna.S
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
-    recorded = study.user_attrs.get("sweep")
+    recorded, fingerprint = study.user_attrs.get("sweep"), _fingerprint(spec)
     if recorded is None:
-        study.set_user_attr("sweep", _fingerprint(spec))
-    elif recorded != _fingerprint(spec):
+        study.set_user_attr("sweep", fingerprint)
+    elif recorded != fingerprint:
         raise ValueError(
             f"the storage's study {spec.name!r} was made from another version of {spec.path} (method, metric, "
             "parameters or base arguments differ); restore the file, or give another --sweep-dir or --storage."
@@ -240,12 +240,6 @@ def sample_configurations(spec: SweepSpec, n: int, seed: int = 0) -> list[dict[s
     return configurations
 
 
-def _latest_version(run_folder: Path) -> Path | None:
-    """The newest ``run_folder/version_N`` (highest N), or None if the run made none."""
-    versions = [p for p in run_folder.glob("version_*") if p.name.removeprefix("version_").isdigit()]
-    return max(versions, key=lambda p: int(p.name.removeprefix("version_")), default=None)
-
-
 class SweepObjective:
     """The study's objective: runs a trial as a subprocess, reports its metric each epoch, prunes it.
 
@@ -271,7 +265,6 @@ class SweepObjective:
         command = spec.command_for(overrides, name, self.sweep_dir / "runs")
         log = self.sweep_dir / "logs" / f"{name}.log"
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("log", str(log))
         print(f"[{name}] start {json.dumps(overrides)}", flush=True)
 
         def report(step: int, value: float) -> bool:
@@ -280,9 +273,9 @@ class SweepObjective:
 
         outcome = run_trial(command, spec.metric, log, report, self.interrupt)
         trial.set_user_attr("returncode", outcome.returncode)
-        run_dir = _latest_version(self.sweep_dir / "runs" / name)
+        run_dir = latest_version(self.sweep_dir / "runs" / name)
         trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)
-        best = (max if spec.goal == "maximize" else min)(outcome.values, default=math.nan)
+        best = best_value(outcome.values, spec.goal, default=math.nan)
         if outcome.interrupted:
             print(
                 f"[{name}] interrupted after {len(outcome.values)} epochs; it runs again on the next call", flush=True

@@ -28,10 +28,10 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
 
@@ -41,12 +41,14 @@ __all__ = [
     "Hyperband",
     "Parameter",
     "SweepSpec",
+    "best_value",
     "cli_args",
     "cli_value",
     "load_sweep",
 ]
 
 METHODS = ("grid", "random", "bayes")
+_Default = TypeVar("_Default", float, None)
 Goal = Literal["maximize", "minimize"]
 GOALS = ("maximize", "minimize")
 OUR_KEYS = ("base_config", "fixed_args")
@@ -85,6 +87,11 @@ _INEXPRESSIBLE = {  # W&B distributions Optuna has no counterpart for -> the fix
     "inv_log_uniform_values": "list the values with `values: [...]` (Optuna has no inverse log-uniform distribution)",
 }
 _HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta")
+
+
+def best_value(values: Iterable[float], goal: str, default: _Default = None) -> float | _Default:  # type: ignore[assignment]
+    """The best of ``values`` for ``goal`` (``maximize`` or ``minimize``), or ``default`` if there are none."""
+    return (max if goal == "maximize" else min)(values, default=default)
 
 
 def _is_number(x: Any) -> bool:

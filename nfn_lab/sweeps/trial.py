@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["REPORT_ENV", "TrialOutcome", "run_trial"]
+__all__ = ["REPORT_ENV", "TrialOutcome", "latest_version", "run_trial"]
 
 REPORT_ENV = "NFN_LAB_SWEEP_REPORT"  # names the report file a trial's nfn-lab fit appends to
 
@@ -130,3 +130,9 @@ def run_trial(
             child.wait()
             raise
     return outcome
+
+
+def latest_version(run_folder: Path) -> Path | None:
+    """The newest ``run_folder/version_N`` (highest N) a trial's run wrote, or None if it made none."""
+    versions = [p for p in run_folder.glob("version_*") if p.name.removeprefix("version_").isdigit()]
+    return max(versions, key=lambda p: int(p.name.removeprefix("version_")), default=None)

@@ -68,6 +68,19 @@ def test_fit_saves_config_and_checkpoints(config, tmp_path):
     assert "val/loss" in rerun.trainer.callback_metrics
 
 
+def test_configured_callbacks_are_kept_beside_the_checkpoint(config, tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    cli = _fit(
+        config,
+        tmp_path / "runs",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+        "--trainer.callbacks.monitor=val/loss",
+    )
+    assert any(isinstance(c, EarlyStopping) and c.monitor == "val/loss" for c in cli.trainer.callbacks)
+    assert any(isinstance(c, ModelCheckpoint) and c.monitor == "val/kendall_tau" for c in cli.trainer.callbacks)
+
+
 def test_fit_tests_the_best_checkpoint(config, tmp_path):
     cli = _fit(config, tmp_path / "runs", "--test_after_fit", "true")
     assert {"test/kendall_tau", "test/r2", "test/l1", "test/loss"} <= set(cli.test_results[0])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nfn_lab.data.staging import StagedDirectory, check_destination
+from nfn_lab.data.staging import StagedDirectory, StagedWriter, check_destination
 
 
 def _zoo(root, text: str):
@@ -64,3 +64,41 @@ def test_commit_checks_the_destination_again(tmp_path) -> None:
         staged.commit()
     assert (tmp_path / "out" / "meanwhile.txt").read_text() == "appeared"
     staged.abort()
+
+
+class _TextWriter(StagedWriter):
+    """One file, ``text.txt``; fails to finish when told to."""
+
+    def __init__(self, root, fail: bool = False) -> None:
+        self._staged = StagedDirectory(root)
+        self.fail, self.released = fail, 0
+
+    def _finish(self) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        (self._staged.path / "text.txt").write_text("done")
+
+    def _release(self) -> None:
+        self.released += 1
+
+
+def test_staged_writer_publishes_once(tmp_path) -> None:
+    with _TextWriter(tmp_path / "out") as writer:
+        assert not writer.ended
+        assert writer.close() == (tmp_path / "out").absolute()
+    assert writer.ended and (tmp_path / "out" / "text.txt").read_text() == "done"
+
+
+def test_staged_writer_aborts_on_a_failed_close_and_refuses_to_close_after(tmp_path) -> None:
+    writer = _TextWriter(tmp_path / "out", fail=True)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert writer.released == 1 and list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="was aborted; nothing was written"):
+        writer.close()
+
+
+def test_staged_writer_aborts_when_its_block_raises(tmp_path) -> None:
+    with pytest.raises(KeyError), _TextWriter(tmp_path / "out") as writer:
+        raise KeyError("boom")
+    assert writer.ended and writer.released == 1 and list(tmp_path.iterdir()) == []

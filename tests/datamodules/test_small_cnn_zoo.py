@@ -489,6 +489,16 @@ def test_writer_files_are_byte_identical_for_the_same_rows(tmp_path) -> None:
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
+def test_writer_closed_inside_its_block_is_closed_once(tmp_path) -> None:
+    feats = module_to_wsfeat([small_cnn() for _ in range(2)])
+    spec = network_spec_from_module(small_cnn())
+    with SmallCNNZooWriter(tmp_path / "zoo", spec, num_rows=2) as writer:
+        writer.add(feats, _records(2))
+        assert writer.close() == (tmp_path / "zoo").absolute()
+    assert writer.close() == (tmp_path / "zoo").absolute()  # the block's exit and this call publish nothing twice
+    assert np.load(tmp_path / "zoo" / "weights.npy").shape[0] == 2
+
+
 def test_writer_rejects_bad_input_and_writes_nothing(tmp_path) -> None:
     feats = module_to_wsfeat([small_cnn() for _ in range(2)])
     spec = network_spec_from_module(small_cnn())
